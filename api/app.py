@@ -1,0 +1,58 @@
+"""The FastAPI application. Pools and broker clients open in the lifespan, never at import."""
+
+from __future__ import annotations
+
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+
+import cimtwin
+from cimtwin.errors import CimtwinError
+from cimtwin.ingest.status import StatusBoard
+from cimtwin.settings import Settings, get_settings
+from cimtwin.store.db import open_async_pool
+
+from .routers import health, readings, registry, schemas
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    settings = settings or get_settings()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI):
+        pool = open_async_pool(settings.database_url, statement_timeout_ms=settings.api_statement_timeout_ms)
+        await pool.open(wait=False)
+        board = StatusBoard(settings)
+        board.start()
+        app.state.pool, app.state.status_board, app.state.settings = pool, board, settings
+        try:
+            yield
+        finally:
+            board.stop()
+            await pool.close()
+
+    app = FastAPI(title="cimtwin", version=cimtwin.__version__, lifespan=lifespan,
+                  description="IoT sensing and digital-twin backend for a district safety monitoring centre.")
+
+    @app.exception_handler(CimtwinError)
+    async def domain_error(request: Request, exc: CimtwinError) -> JSONResponse:
+        return JSONResponse({"error": exc.code, "detail": exc.detail, **exc.extra}, status_code=exc.status_code)
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid_request(request: Request, exc: RequestValidationError) -> JSONResponse:
+        parts = []
+        for e in exc.errors():
+            where = ".".join(str(p) for p in e["loc"])
+            parts.append(f"{where}: {e['msg']}")
+        return JSONResponse({"error": "invalid_request", "detail": "; ".join(parts),
+                             "errors": jsonable_errors(exc.errors())}, status_code=422)
+
+    for module in (health, registry, readings, schemas):
+        app.include_router(module.router)
+    return app
+
+
+def jsonable_errors(errors) -> list[dict]:
+    return [{"loc": list(e["loc"]), "msg": e["msg"], "type": e["type"]} for e in errors]

@@ -1,0 +1,93 @@
+"""All configuration, read once from ``CIMTWIN_*`` environment variables (or ``.env``)."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+from functools import lru_cache
+from pathlib import Path
+from urllib.parse import urlsplit
+
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+
+class MqttEndpoint:
+    """Host, port and credentials parsed from an ``mqtt://user:pass@host:port`` URL."""
+
+    def __init__(self, url: str):
+        parts = urlsplit(url)
+        if parts.scheme not in ("mqtt", "tcp", "mqtts", "ssl"):
+            raise ValueError(f"unsupported MQTT URL scheme {parts.scheme!r} (use mqtt:// or mqtts://)")
+        self.tls = parts.scheme in ("mqtts", "ssl")
+        self.host = parts.hostname or "127.0.0.1"
+        self.port = parts.port or (8883 if self.tls else 1883)
+        self.username = parts.username
+        self.password = parts.password
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="CIMTWIN_", env_file=".env", extra="ignore")
+
+    database_url: str = "postgresql://cimtwin:cimtwin@127.0.0.1:5432/cimtwin"
+    # The project runs its own broker on 1884 with deploy/mosquitto/cimtwin.conf;
+    # the system broker's defaults (1000-message queue, 20 in flight) drop and throttle.
+    mqtt_url: str = "mqtt://127.0.0.1:1884"
+    api_host: str = "127.0.0.1"
+    api_port: int = 8000
+    state_dir: Path = REPO_ROOT / "var"
+
+    # ingest
+    ingest_client_id: str = Field(default_factory=lambda: f"cimtwin-ingest-{socket.gethostname()}")
+    ingest_workers: int = Field(default=1, ge=1, le=64)
+    ingest_share_group: str = "cimtwin"
+    ingest_topics: list[str] = ["cim/v1/+/+/up"]
+    ingest_session_expiry_s: int = Field(default=7 * 24 * 3600, ge=60)
+    ingest_batch_max_messages: int = Field(default=2000, ge=1, le=20000)
+    ingest_batch_max_wait_ms: int = Field(default=100, ge=1, le=10000)
+    # MQTT 5 Receive Maximum: unacknowledged messages the broker may send us. Must
+    # exceed the batch size so the next batch fills while one commits.
+    ingest_receive_maximum: int = Field(default=10000, ge=1, le=65535)
+    ingest_max_payload_bytes: int = Field(default=256 * 1024, ge=64)
+    ingest_max_future_s: float = Field(default=300.0, ge=0)
+    ingest_status_interval_s: float = Field(default=1.0, gt=0)
+
+    # storage
+    retention_days: int = Field(default=0, ge=0, description="drop readings older than this; 0 keeps all")
+    compress_after_days: int = Field(default=7, ge=1)
+
+    # api
+    api_max_raw_rows: int = Field(default=100_000, ge=1)
+    api_statement_timeout_ms: int = Field(default=15_000, ge=100)
+
+    @field_validator("mqtt_url")
+    @classmethod
+    def _check_mqtt_url(cls, value: str) -> str:
+        MqttEndpoint(value)
+        return value
+
+    @property
+    def mqtt(self) -> MqttEndpoint:
+        return MqttEndpoint(self.mqtt_url)
+
+    @property
+    def status_topic_prefix(self) -> str:
+        return "cimtwin/status/ingest"
+
+
+@lru_cache
+def get_settings() -> Settings:
+    return Settings()
+
+
+def settings_env(settings: Settings) -> dict[str, str]:
+    """The environment that hands ``settings`` on to a child process."""
+    env = dict(os.environ)
+    for name, value in settings.model_dump(mode="json").items():
+        if isinstance(value, list):
+            value = json.dumps(value)
+        env[f"CIMTWIN_{name.upper()}"] = str(value)
+    return env

@@ -1,0 +1,140 @@
+#!/usr/bin/env bash
+# Idempotent set-up for cimtwin on Debian: installs what is missing, starts what is
+# not running, and leaves everything that already works alone.
+#
+#   deploy/bootstrap.sh [--test]     (--test adds what the test suite needs)
+#
+# Uses a PostgreSQL already listening on the configured host/port, else installs and
+# starts Debian's. Runs cimtwin's own Mosquitto on CIMTWIN_MQTT port (default 1884)
+# with deploy/mosquitto/cimtwin.conf, unless a broker already answers there.
+set -euo pipefail
+
+ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+WITH_TEST=0
+[ "${1:-}" = "--test" ] && WITH_TEST=1
+
+STATE_DIR=${CIMTWIN_STATE_DIR:-$ROOT/var}
+DATABASE_URL=${CIMTWIN_DATABASE_URL:-postgresql://cimtwin:cimtwin@127.0.0.1:5432/cimtwin}
+MQTT_URL=${CIMTWIN_MQTT_URL:-mqtt://127.0.0.1:1884}
+
+say() { printf '\033[1m[bootstrap]\033[0m %s\n' "$*"; }
+SUDO=""
+if [ "$(id -u)" -ne 0 ]; then SUDO="sudo"; fi
+
+# --- URL pieces -------------------------------------------------------------------
+url_field() {  # url_field URL host|port|user|password|db
+  python3 - "$1" "$2" <<'PY'
+import sys
+from urllib.parse import urlsplit, unquote
+u = urlsplit(sys.argv[1]); f = sys.argv[2]
+v = {"host": u.hostname or "127.0.0.1", "port": u.port or {"mqtt": 1883, "postgresql": 5432, "postgres": 5432}.get(u.scheme, ""),
+     "user": unquote(u.username or ""), "password": unquote(u.password or ""), "db": u.path.lstrip("/")}[f]
+print(v)
+PY
+}
+PG_HOST=$(url_field "$DATABASE_URL" host); PG_PORT=$(url_field "$DATABASE_URL" port)
+PG_USER=$(url_field "$DATABASE_URL" user); PG_PASS=$(url_field "$DATABASE_URL" password)
+PG_DB=$(url_field "$DATABASE_URL" db)
+MQTT_HOST=$(url_field "$MQTT_URL" host); MQTT_PORT=$(url_field "$MQTT_URL" port)
+is_local() { case "$1" in 127.*|localhost|::1) return 0;; *) return 1;; esac; }
+port_open() { (exec 3<>"/dev/tcp/$1/$2") 2>/dev/null; }
+
+# --- packages ---------------------------------------------------------------------
+APT_UPDATED=0
+apt_install() {  # installs the packages among "$@" that are not installed yet
+  local missing=()
+  for p in "$@"; do
+    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+  done
+  [ ${#missing[@]} -eq 0 ] && return 0
+  say "installing ${missing[*]}"
+  if [ $APT_UPDATED -eq 0 ]; then $SUDO apt-get update -qq; APT_UPDATED=1; fi
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+}
+
+# --- PostgreSQL + PostGIS ---------------------------------------------------------
+as_postgres() {
+  if [ "$(id -u)" -eq 0 ]; then runuser -u postgres -- "$@"; else sudo -u postgres "$@"; fi
+}
+pg_version() { ls /usr/lib/postgresql 2>/dev/null | sort -V | tail -n1; }
+
+setup_postgres() {
+  if ! is_local "$PG_HOST"; then
+    say "PostgreSQL at $PG_HOST:$PG_PORT is remote; not managing it"; return
+  fi
+  if ! command -v pg_ctlcluster >/dev/null || [ -z "$(pg_version)" ]; then
+    apt_install postgresql postgresql-contrib
+  fi
+  local v; v=$(pg_version)
+  apt_install "postgresql-$v-postgis-3" postgresql-client
+  if ! pg_isready -q -h "$PG_HOST" -p "$PG_PORT"; then
+    say "starting PostgreSQL $v"
+    $SUDO pg_ctlcluster --skip-systemctl-redirect "$v" main start 2>/dev/null \
+      || $SUDO pg_ctlcluster "$v" main start
+    for _ in $(seq 30); do pg_isready -q -h "$PG_HOST" -p "$PG_PORT" && break; sleep 1; done
+  fi
+  # Role, database and a template with the extensions (creating them needs a superuser).
+  as_postgres psql -q -v ON_ERROR_STOP=1 -p "$PG_PORT" -d postgres <<SQL
+SELECT format('CREATE ROLE %I LOGIN CREATEDB PASSWORD %L', '$PG_USER', '$PG_PASS')
+WHERE NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = '$PG_USER') \gexec
+SELECT format('CREATE DATABASE %I OWNER %I', 'cimtwin_template', '$PG_USER')
+WHERE NOT EXISTS (SELECT 1 FROM pg_database WHERE datname = 'cimtwin_template') \gexec
+\c cimtwin_template
+CREATE EXTENSION IF NOT EXISTS postgis;
+\c postgres
+UPDATE pg_database SET datistemplate = true WHERE datname = 'cimtwin_template';
+SELECT format('CREATE DATABASE %I OWNER %I TEMPLATE cimtwin_template', '$PG_DB', '$PG_USER')
+WHERE NOT EXISTS (SELECT 1 FROM pg_database WHERE datname = '$PG_DB') \gexec
+SQL
+  # TimescaleDB is used when the server has it preloaded; never required.
+  as_postgres psql -q -p "$PG_PORT" -d "$PG_DB" -c "CREATE EXTENSION IF NOT EXISTS timescaledb" >/dev/null 2>&1 \
+    && as_postgres psql -q -p "$PG_PORT" -d cimtwin_template -c "CREATE EXTENSION IF NOT EXISTS timescaledb" >/dev/null 2>&1 \
+    || true
+}
+
+# --- Mosquitto ----------------------------------------------------------------------
+setup_mosquitto() {
+  apt_install mosquitto mosquitto-clients
+  if ! is_local "$MQTT_HOST"; then say "broker at $MQTT_HOST is remote; not managing it"; return; fi
+  if port_open "$MQTT_HOST" "$MQTT_PORT"; then return; fi
+  local dir="$STATE_DIR/mosquitto"
+  mkdir -p "$dir"
+  {
+    echo "# Written by deploy/bootstrap.sh; edit deploy/mosquitto/cimtwin.conf instead."
+    echo "listener $MQTT_PORT $MQTT_HOST"
+    echo "persistence_location $dir/"
+    echo "pid_file $dir/mosquitto.pid"
+    echo "log_dest file $dir/mosquitto.log"
+    [ "$(id -u)" -eq 0 ] && id mosquitto >/dev/null 2>&1 && echo "user mosquitto"
+    cat "$ROOT/deploy/mosquitto/cimtwin.conf"
+  } > "$dir/mosquitto.conf"
+  if [ "$(id -u)" -eq 0 ] && id mosquitto >/dev/null 2>&1; then chown -R mosquitto: "$dir"; fi
+  say "starting cimtwin's Mosquitto on $MQTT_HOST:$MQTT_PORT"
+  mosquitto -d -c "$dir/mosquitto.conf"
+  for _ in $(seq 20); do port_open "$MQTT_HOST" "$MQTT_PORT" && return; sleep 0.25; done
+  echo "Mosquitto did not start; see $dir/mosquitto.log" >&2; exit 1
+}
+
+# --- Python -------------------------------------------------------------------------
+setup_python() {
+  local venv="$ROOT/.venv"
+  if [ ! -x "$venv/bin/python" ]; then
+    python3 -c 'import ensurepip, venv' 2>/dev/null || apt_install python3-venv python3-pip
+    say "creating $venv"
+    python3 -m venv "$venv"
+  fi
+  local extras="" stamp="$venv/.cimtwin-installed"
+  [ $WITH_TEST -eq 1 ] && extras="[test]"
+  local want; want="$(sha256sum "$ROOT/pyproject.toml" | cut -c1-16)$extras"
+  if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ] && ! grep -qx "$want" "$stamp" 2>/dev/null; then
+    say "installing cimtwin$extras into $venv"
+    "$venv/bin/pip" install -q --disable-pip-version-check -e "$ROOT$extras"
+    echo "$want" > "$stamp"
+  fi
+}
+
+setup_postgres
+setup_mosquitto
+if [ $WITH_TEST -eq 1 ]; then apt_install gdal-bin; fi
+setup_python
+say "ready: database $PG_HOST:$PG_PORT/$PG_DB, broker $MQTT_HOST:$MQTT_PORT"

@@ -1,0 +1,1 @@
+"""The block-data model and its live state; alerting comes later."""
