@@ -38,11 +38,15 @@ class StatusBoard:
         self.connected = False
 
     def _on_message(self, client, userdata, message):
+        worker = message.topic.rsplit("/", 1)[-1]
+        if not message.payload:  # retained status cleared: the worker is retired
+            with self._lock:
+                self._workers.pop(worker, None)
+            return
         try:
             status = json.loads(message.payload)
         except ValueError:
             return
-        worker = message.topic.rsplit("/", 1)[-1]
         with self._lock:
             self._workers[worker] = (time.monotonic(), status)
 

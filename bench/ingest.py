@@ -1,0 +1,676 @@
+"""End-to-end ingest benchmark: MQTT (QoS 1) → `cimtwin ingest` → PostgreSQL, against its limits.
+
+Run:  .venv/bin/python bench/ingest.py [--messages 200000] [--multi-messages 10000] [--workers 1]
+
+It prints a table and, as its last line, one JSON object. It is not a test: it exits 0
+and reports what it measured, whatever that is.
+
+What is measured (all on the same broker, database and machine, in one run)
+---------------------------------------------------------------------------
+* ``raw_subscriber_msgs_per_s`` (a): a bare paho MQTT 5 subscriber at QoS 1 in its own
+  process; its callback only counts (paho acknowledges each message itself). The
+  receive limit of one Python process.
+* ``raw_copy_rows_per_s`` (b): psycopg binary COPY of exactly the rows the 1-reading
+  messages carry, straight into ``readings`` (primary key ``(sensor_id, time)``),
+  10,000 rows per COPY and transaction. The write limit of one Python process.
+* ``naive_bridge_readings_per_s`` (c): a paho subscriber that does one INSERT + COMMIT
+  per message in its callback (paho acks when the callback returns, i.e. after
+  COMMIT). Fewer messages, because it is slow.
+* ``canonical_1_readings_per_s``: ``cimtwin ingest`` as a subprocess, 1 reading per
+  message (the same messages as (a)).
+* ``canonical_50_readings_per_s``: ``cimtwin ingest``, canonical messages of 50 readings.
+
+How rates are measured (why the comparison with (a) is fair)
+------------------------------------------------------------
+Every consumer drains a backlog that was loaded beforehand, so no publisher competes
+with it for the 2 cores:
+
+1. Each consumer gets its own persistent MQTT session (its own client id, session
+   expiry 600 s), subscribed at QoS 1 and then disconnected.
+2. Paho publisher processes (QoS 1, paced: at most 10,000 unacknowledged publishes per
+   client, far below the 65,535 packet ids) publish the messages; the broker queues
+   them for every offline session. Publishing is finished (all PUBACKs received)
+   before any consumer starts. (a) and canonical_1 get the very same messages from
+   one publish.
+3. The consumer is started; its rate is counted from the first message it receives to
+   the last message received (a) or the last row committed (ingest, naive bridge).
+   Process start-up and connection time are excluded for all of them alike.
+   * (a): first/last ``on_message`` time in the subscriber.
+   * ingest: start = ``min(received_at)`` of the stored rows (paho's receive time of
+     the first message); end = the first poll (every 50 ms) that sees all rows
+     committed. The poll reads the tiny ``readings_1h`` rollup, which the writer
+     updates in the same transaction as ``readings`` (on TimescaleDB it counts
+     ``readings``); afterwards ``count(*) FROM readings`` must equal the rows sent.
+     The ingest figure therefore also includes the last batch's commit latency,
+     which (a) does not have.
+   * naive bridge: first message received to last COMMIT, inside the bridge process.
+4. ``readings``, ``latest``, rollups, dead letters are truncated before each write phase.
+
+The bench creates its own database (``cimtwin_bench``, from TEMPLATE cimtwin_template,
+migrated), its own vendor ``bench`` with devices ``s000``.. (channel ``temp``) and
+``m000``.. (channels ``c00``..``c49``), and uses client ids ``cimtwin-bench-<run>-*``.
+The consumers subscribe only to ``cim/v1/bench/+/up`` (readings) or ``cimtwin-bench/...``
+(nothing else of ours is there). At the end every bench session is ended with
+clean_start=True and SessionExpiryInterval 0, so the broker stops queueing for it.
+Caveat: a *foreign* subscriber to the wildcard ``cim/v1/+/+/up`` (e.g. a test's ingest
+worker running at the same time) also receives the bench's readings; run the bench
+when no tests are running, and on an otherwise idle machine.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from collections import deque
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
+
+ROOT = Path(__file__).resolve().parent.parent
+VENDOR = "bench"
+SINGLE_DEVICES = 100
+MULTI_DEVICES = 100
+MULTI_CHANNELS = 50
+COPY_CHUNK = 10_000
+MAX_UNACKED = 10_000  # per paho publisher client; paho's packet ids are 16-bit
+
+
+# --- messages (deterministic, so children can generate them from a few numbers) -------------------
+
+def _iso(t0_ms: int, offset_ms: int) -> str:
+    return datetime.fromtimestamp((t0_ms + offset_ms) / 1000, tz=timezone.utc).isoformat()
+
+
+def single_message(i: int, t0_ms: int, topic_root: str = "cim/v1") -> tuple[str, bytes]:
+    """Message i: device s{i % 100}, one reading with its own time t0 + i ms."""
+    topic = f"{topic_root}/{VENDOR}/s{i % SINGLE_DEVICES:03d}/up"
+    payload = {"readings": [{"channel": "temp", "value": round((i % 1000) * 0.1, 1), "time": _iso(t0_ms, i)}]}
+    return topic, json.dumps(payload, separators=(",", ":")).encode()
+
+
+def multi_message(j: int, t0_ms: int, topic_root: str = "cim/v1") -> tuple[str, bytes]:
+    """Message j: device m{j % 100}, 50 readings sharing the message time t0 + j ms."""
+    topic = f"{topic_root}/{VENDOR}/m{j % MULTI_DEVICES:03d}/up"
+    payload = {"time": _iso(t0_ms, j),
+               "readings": [{"channel": f"c{c:02d}", "value": round(((j + c) % 1000) * 0.1, 1)}
+                            for c in range(MULTI_CHANNELS)]}
+    return topic, json.dumps(payload, separators=(",", ":")).encode()
+
+
+def single_rows(n: int, t0_ms: int, sensor_ids: dict[tuple[str, str], int]) -> list[tuple]:
+    """The rows the first n single-reading messages carry, as the writer stores them."""
+    now = datetime.now(timezone.utc)
+    rows = []
+    for i in range(n):
+        t = datetime.fromtimestamp((t0_ms + i) / 1000, tz=timezone.utc)
+        rows.append((t, sensor_ids[(f"s{i % SINGLE_DEVICES:03d}", "temp")], round((i % 1000) * 0.1, 1), now))
+    return rows
+
+
+# --- child roles ----------------------------------------------------------------------------------
+
+def _mqtt():
+    import paho.mqtt.client as mqtt
+    from paho.mqtt.enums import CallbackAPIVersion
+    return mqtt, CallbackAPIVersion
+
+
+def _session_props(expiry_s: int):
+    from paho.mqtt.packettypes import PacketTypes
+    from paho.mqtt.properties import Properties
+    props = Properties(PacketTypes.CONNECT)
+    props.SessionExpiryInterval = expiry_s
+    return props
+
+
+def role_publish(a) -> dict:
+    """Publishes messages [start, start+count) of one kind at QoS 1, paced; exits when all are acked."""
+    mqtt, CallbackAPIVersion = _mqtt()
+    make = single_message if a.kind == "single" else multi_message
+    messages = [make(i, a.t0_ms) for i in range(a.start, a.start + a.count)]
+    client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=a.client_id, protocol=mqtt.MQTTv5)
+    client.max_inflight_messages_set(1000)
+    client.max_queued_messages_set(0)
+    client.connect(a.host, a.port, keepalive=60, clean_start=True)
+    client.loop_start()
+    pending: deque = deque()
+    t0 = time.monotonic()
+    for topic, payload in messages:
+        pending.append(client.publish(topic, payload, qos=1))
+        while len(pending) > MAX_UNACKED:
+            pending.popleft().wait_for_publish(timeout=60)
+    for info in pending:
+        info.wait_for_publish(timeout=120)
+    ok = all(info.is_published() for info in pending)
+    elapsed = time.monotonic() - t0
+    client.disconnect()
+    client.loop_stop()
+    return {"published": a.count, "all_acked": ok, "seconds": elapsed}
+
+
+def role_raw_sub(a) -> dict:
+    """Bare paho subscriber: resumes its session and only counts messages."""
+    mqtt, CallbackAPIVersion = _mqtt()
+    state = {"n": 0, "first": None, "last": None}
+    done = threading.Event()
+    expect = a.expect
+
+    def on_message(client, userdata, message):
+        n = state["n"] = state["n"] + 1
+        if n == 1:
+            state["first"] = time.monotonic()
+        if n >= expect:
+            state["last"] = time.monotonic()
+            done.set()
+
+    client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=a.client_id, protocol=mqtt.MQTTv5)
+    client.on_message = on_message
+    client.connect(a.host, a.port, keepalive=60, clean_start=False, properties=_session_props(600))
+    client.loop_start()
+    done.wait(a.timeout)
+    if state["last"] is None and state["first"] is not None:
+        state["last"] = time.monotonic()
+    time.sleep(0.2)  # let paho send the last PUBACKs
+    client.disconnect()
+    client.loop_stop()
+    n = state["n"]
+    secs = (state["last"] - state["first"]) if state["first"] is not None else 0.0
+    return {"received": n, "seconds": secs, "msgs_per_s": (n - 1) / secs if secs > 0 else 0.0}
+
+
+def role_naive(a) -> dict:
+    """Naive bridge: one INSERT + COMMIT per message, inside the paho callback."""
+    import psycopg
+    mqtt, CallbackAPIVersion = _mqtt()
+    conn = psycopg.connect(a.dsn, options="-c TimeZone=UTC")
+    sensor_ids = {(d, c): sid for d, c, sid in conn.execute(
+        "SELECT d.ext_id, s.channel, s.id FROM sensors s JOIN devices d ON d.id = s.device_id "
+        "JOIN vendors v ON v.id = d.vendor_id WHERE v.code = %s", (VENDOR,))}
+    conn.commit()
+    state = {"n": 0, "rows": 0, "first": None, "last": None}
+    done = threading.Event()
+
+    def on_message(client, userdata, message):
+        if state["first"] is None:
+            state["first"] = time.monotonic()
+        received = datetime.now(timezone.utc)
+        device = message.topic.split("/")[3]
+        body = json.loads(message.payload)
+        for r in body["readings"]:
+            t = datetime.fromisoformat(r["time"]) if "time" in r else received
+            conn.execute("INSERT INTO readings (time, sensor_id, value, received_at) VALUES (%s, %s, %s, %s) "
+                         "ON CONFLICT DO NOTHING", (t, sensor_ids[(device, r["channel"])], r["value"], received))
+            state["rows"] += 1
+        conn.commit()
+        state["n"] += 1
+        if state["n"] >= a.expect:
+            state["last"] = time.monotonic()
+            done.set()
+
+    client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=a.client_id, protocol=mqtt.MQTTv5)
+    client.on_message = on_message
+    client.connect(a.host, a.port, keepalive=60, clean_start=False, properties=_session_props(600))
+    client.loop_start()
+    done.wait(a.timeout)
+    if state["last"] is None and state["first"] is not None:
+        state["last"] = time.monotonic()
+    time.sleep(0.2)
+    client.disconnect()
+    client.loop_stop()
+    conn.close()
+    secs = (state["last"] - state["first"]) if state["first"] is not None else 0.0
+    return {"received": state["n"], "rows": state["rows"], "seconds": secs,
+            "readings_per_s": state["rows"] / secs if secs > 0 else 0.0}
+
+
+ROLES = {"publish": role_publish, "raw-sub": role_raw_sub, "naive": role_naive}
+
+
+def child_main(argv: list[str]) -> None:
+    p = argparse.ArgumentParser()
+    p.add_argument("--role", required=True, choices=sorted(ROLES))
+    p.add_argument("--host", required=True)
+    p.add_argument("--port", type=int, required=True)
+    p.add_argument("--client-id", required=True)
+    p.add_argument("--kind", default="single")
+    p.add_argument("--start", type=int, default=0)
+    p.add_argument("--count", type=int, default=0)
+    p.add_argument("--t0-ms", type=int, default=0)
+    p.add_argument("--expect", type=int, default=0)
+    p.add_argument("--timeout", type=float, default=120)
+    p.add_argument("--dsn", default="")
+    a = p.parse_args(argv)
+    print(json.dumps(ROLES[a.role](a)), flush=True)
+
+
+# --- the conductor --------------------------------------------------------------------------------
+
+class Bench:
+    def __init__(self, args):
+        from cimtwin.settings import Settings
+
+        self.args = args
+        self.run_id = uuid.uuid4().hex[:8]
+        base = Settings()
+        parts = urlsplit(base.database_url)
+        self.admin_url = urlunsplit(parts._replace(path="/postgres"))
+        self.db_url = urlunsplit(parts._replace(path=f"/{args.database}"))
+        self.settings = base.model_copy(update={"database_url": self.db_url})
+        ep = self.settings.mqtt
+        self.host, self.port = ep.host, ep.port
+        self.sessions: set[str] = set()
+        self.children: list[subprocess.Popen] = []
+        self.t0_ms = int((datetime.now(timezone.utc) - timedelta(hours=1)).timestamp()) * 1000
+        self.results: dict = {}
+        self.notes: list[str] = []
+        self.conn = None
+        self.sensor_ids: dict[tuple[str, str], int] = {}
+        self.timescaledb = False
+
+    # infrastructure ------------------------------------------------------
+
+    def cid(self, name: str) -> str:
+        return f"cimtwin-bench-{self.run_id}-{name}"
+
+    def log(self, msg: str) -> None:
+        print(f"[bench {time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
+
+    def setup_database(self) -> None:
+        import psycopg
+
+        from cimtwin.store.migrate import migrate
+        with psycopg.connect(self.admin_url, autocommit=True) as admin:
+            admin.execute(f'DROP DATABASE IF EXISTS "{self.args.database}" WITH (FORCE)')
+            admin.execute(f'CREATE DATABASE "{self.args.database}" TEMPLATE cimtwin_template')
+        report = migrate(self.db_url)
+        self.timescaledb = report.backend == "timescaledb"
+        self.conn = psycopg.connect(self.db_url, autocommit=True, options="-c TimeZone=UTC")
+        vendor_id = self.conn.execute("INSERT INTO vendors (code, name) VALUES (%s, 'Benchmark') RETURNING id",
+                                      (VENDOR,)).fetchone()[0]
+        devices = [(f"s{d:03d}", ["temp"]) for d in range(SINGLE_DEVICES)]
+        devices += [(f"m{d:03d}", [f"c{c:02d}" for c in range(MULTI_CHANNELS)]) for d in range(MULTI_DEVICES)]
+        for ext_id, channels in devices:
+            device_id = self.conn.execute("INSERT INTO devices (vendor_id, ext_id) VALUES (%s, %s) RETURNING id",
+                                          (vendor_id, ext_id)).fetchone()[0]
+            with self.conn.cursor() as cur:
+                cur.executemany("INSERT INTO sensors (device_id, channel, quantity, unit) VALUES (%s, %s, 'x', '1')",
+                                [(device_id, ch) for ch in channels])
+        self.sensor_ids = {(d, c): sid for d, c, sid in self.conn.execute(
+            "SELECT d.ext_id, s.channel, s.id FROM sensors s JOIN devices d ON d.id = s.device_id")}
+        if not self.timescaledb:
+            from cimtwin.store.writer import week_starts
+            span = max(self.args.messages, self.args.multi_messages)
+            weeks = week_starts([datetime.fromtimestamp(self.t0_ms / 1000, tz=timezone.utc),
+                                 datetime.fromtimestamp((self.t0_ms + span) / 1000, tz=timezone.utc)])
+            self.conn.execute("SELECT cimtwin_ensure_readings_partitions(%s::timestamptz[])",
+                              ([datetime.fromtimestamp(w, tz=timezone.utc) for w in sorted(weeks)],))
+        self.log(f"database {self.args.database} ready ({report.backend}); {len(self.sensor_ids)} sensors")
+
+    def truncate(self) -> None:
+        self.conn.execute("TRUNCATE readings, latest, dead_letters, pending_devices")
+        if not self.timescaledb:
+            self.conn.execute("TRUNCATE readings_1m, readings_1h")
+
+    def stored(self) -> int:
+        return self.conn.execute("SELECT count(*) FROM readings").fetchone()[0]
+
+    def committed_cheap(self) -> int:
+        if self.timescaledb:
+            return self.stored()
+        return self.conn.execute("SELECT coalesce(sum(count), 0) FROM readings_1h").fetchone()[0]
+
+    def child(self, role: str, client_id: str, **kw) -> subprocess.Popen:
+        cmd = [sys.executable, str(Path(__file__).resolve()), "--child", "--role", role, "--host", self.host,
+               "--port", str(self.port), "--client-id", client_id]
+        for k, v in kw.items():
+            cmd += [f"--{k.replace('_', '-')}", str(v)]
+        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True, cwd=ROOT)
+        self.children.append(proc)
+        return proc
+
+    def child_result(self, proc: subprocess.Popen, timeout: float = 300) -> dict:
+        out, _ = proc.communicate(timeout=timeout)
+        self.children.remove(proc)
+        lines = [ln for ln in out.splitlines() if ln.startswith("{")]
+        if proc.returncode != 0 or not lines:
+            raise RuntimeError(f"child failed ({proc.returncode}): {out[-2000:]}")
+        return json.loads(lines[-1])
+
+    def open_session(self, client_id: str, topic: str) -> None:
+        """Creates a persistent session subscribed at QoS 1, then leaves it offline."""
+        mqtt, CallbackAPIVersion = _mqtt()
+        from paho.mqtt.subscribeoptions import SubscribeOptions
+        subscribed = threading.Event()
+        client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=client_id, protocol=mqtt.MQTTv5)
+        client.on_subscribe = lambda *a: subscribed.set()
+        client.connect(self.host, self.port, clean_start=True, properties=_session_props(600))
+        self.sessions.add(client_id)
+        client.loop_start()
+        client.subscribe(topic, options=SubscribeOptions(qos=1))
+        if not subscribed.wait(10):
+            raise RuntimeError(f"no SUBACK for {client_id}")
+        client.disconnect()
+        client.loop_stop()
+
+    def clear_session(self, client_id: str) -> None:
+        """Ends a persistent session (clean start, expiry 0) so the broker stops queueing for it."""
+        mqtt, CallbackAPIVersion = _mqtt()
+        connected = threading.Event()
+        client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=client_id, protocol=mqtt.MQTTv5)
+        client.on_connect = lambda *a: connected.set()
+        client.connect(self.host, self.port, clean_start=True, properties=_session_props(0))
+        client.loop_start()
+        connected.wait(5)
+        client.disconnect()
+        client.loop_stop()
+        self.sessions.discard(client_id)
+
+    def publish(self, kind: str, count: int) -> float:
+        """Publishes `count` messages with paho publisher processes; returns the wall time taken."""
+        n = self.args.publishers
+        per = -(-count // n)
+        t = time.monotonic()
+        procs = [self.child("publish", self.cid(f"pub-{kind}-{k}"), kind=kind, start=k * per,
+                            count=min(per, count - k * per), t0_ms=self.t0_ms)
+                 for k in range(n) if k * per < count]
+        results = [self.child_result(p) for p in procs]
+        elapsed = time.monotonic() - t
+        if not all(r["all_acked"] for r in results):
+            raise RuntimeError(f"a publisher did not get every PUBACK: {results}")
+        self.log(f"published {count} {kind} messages in {elapsed:.1f} s ({count / elapsed:,.0f} msgs/s)")
+        return elapsed
+
+    # consumers ------------------------------------------------------------
+
+    def raw_subscriber(self, client_id: str, expect: int) -> dict:
+        r = self.child_result(self.child("raw-sub", client_id, expect=expect, timeout=self.args.drain_timeout))
+        self.clear_session(client_id)
+        if r["received"] < expect:
+            self.notes.append(f"raw subscriber {client_id} received only {r['received']} of {expect}")
+        return r
+
+    def ingest_settings(self, client_id: str, workers: int):
+        return self.settings.model_copy(update={
+            "ingest_client_id": client_id,
+            "ingest_workers": workers,
+            "ingest_share_group": f"bench{self.run_id}",
+            "ingest_topics": [f"cim/v1/{VENDOR}/+/up"],
+            "ingest_session_expiry_s": 600,
+            "ingest_status_interval_s": 0.5,
+        })
+
+    @staticmethod
+    def ingest_client_ids(client_id: str, workers: int) -> list[str]:
+        return [client_id] if workers == 1 else [f"{client_id}-{i}" for i in range(workers)]
+
+    def prepare_ingest_sessions(self, client_id: str, workers: int) -> None:
+        topic = f"cim/v1/{VENDOR}/+/up"
+        if workers > 1:
+            topic = f"$share/bench{self.run_id}/{topic}"
+        for cid in self.ingest_client_ids(client_id, workers):
+            self.open_session(cid, topic)
+
+    def ingest(self, client_id: str, workers: int, expect_rows: int) -> dict:
+        from cimtwin.settings import settings_env
+        settings = self.ingest_settings(client_id, workers)
+        self.truncate()
+        proc = subprocess.Popen([sys.executable, "-m", "cimtwin.cli", "ingest"], env=settings_env(settings),
+                                cwd=ROOT, start_new_session=True, stdout=subprocess.DEVNULL,
+                                stderr=subprocess.PIPE, text=True)
+        self.children.append(proc)
+        deadline = time.monotonic() + self.args.drain_timeout
+        end = None
+        seen = 0
+        try:
+            while time.monotonic() < deadline:
+                seen = self.committed_cheap()
+                if seen >= expect_rows:
+                    end = time.time()
+                    break
+                if proc.poll() is not None:
+                    break
+                time.sleep(0.05)
+        finally:
+            self.stop(proc)
+            err = proc.stderr.read()
+            self.children.remove(proc)
+        for cid in self.ingest_client_ids(client_id, workers):
+            self.clear_session(cid)
+        if end is None:
+            self.notes.append(f"ingest {client_id}: only {seen} of {expect_rows} rows within "
+                              f"{self.args.drain_timeout:.0f} s; stderr tail: {err[-500:]!r}")
+        stored = self.stored()
+        first = self.conn.execute("SELECT extract(epoch FROM min(received_at)) FROM readings").fetchone()[0]
+        dead = self.conn.execute("SELECT count(*) FROM dead_letters").fetchone()[0]
+        if end is None or first is None:
+            return {"rows": stored, "seconds": None, "readings_per_s": 0.0, "dead_letters": dead}
+        secs = end - float(first)
+        if stored != expect_rows:
+            self.notes.append(f"ingest {client_id}: {stored} rows stored, {expect_rows} expected")
+        if dead:
+            self.notes.append(f"ingest {client_id}: {dead} dead letters")
+        return {"rows": stored, "seconds": secs, "readings_per_s": stored / secs, "dead_letters": dead}
+
+    @staticmethod
+    def stop(proc: subprocess.Popen) -> None:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGTERM)
+            try:
+                proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()
+
+    def raw_copy(self, n: int) -> dict:
+        import psycopg
+        rows = single_rows(n, self.t0_ms, self.sensor_ids)
+        self.truncate()
+        with psycopg.connect(self.db_url, options="-c TimeZone=UTC") as conn:
+            t = time.monotonic()
+            for k in range(0, n, COPY_CHUNK):
+                with conn.cursor() as cur:
+                    with cur.copy("COPY readings (time, sensor_id, value, received_at) FROM STDIN (FORMAT BINARY)"
+                                  ) as copy:
+                        copy.set_types(["timestamptz", "int8", "float8", "timestamptz"])
+                        for row in rows[k:k + COPY_CHUNK]:
+                            copy.write_row(row)
+                conn.commit()
+            secs = time.monotonic() - t
+        stored = self.stored()
+        return {"rows": stored, "seconds": secs, "rows_per_s": stored / secs}
+
+    def naive(self, client_id: str, n: int) -> dict:
+        self.open_session(client_id, f"cim/v1/{VENDOR}/+/up")
+        self.publish("single", n)
+        self.truncate()
+        r = self.child_result(self.child("naive", client_id, expect=n, dsn=self.db_url,
+                                         timeout=self.args.drain_timeout))
+        self.clear_session(client_id)
+        r["stored"] = self.stored()
+        return r
+
+    # the run --------------------------------------------------------------
+
+    def run(self) -> dict:
+        a = self.args
+        started = time.monotonic()
+        self.setup_database()
+        res = self.results
+        topic = f"cim/v1/{VENDOR}/+/up"
+
+        # 1-reading messages: one publish feeds (a) and the single-process ingest.
+        raw1, ing1 = self.cid("raw1"), self.cid("ingest1")
+        self.open_session(raw1, topic)
+        self.prepare_ingest_sessions(ing1, 1)
+        extra = []
+        if a.workers > 1:
+            extra = [self.cid("ingest1w")]
+            self.prepare_ingest_sessions(extra[0], a.workers)
+        res["publish_single_s"] = self.publish("single", a.messages)
+        res["raw1"] = self.raw_subscriber(raw1, a.messages)
+        self.log(f"(a) raw subscriber: {res['raw1']}")
+        res["ing1"] = self.ingest(ing1, 1, a.messages)
+        self.log(f"canonical 1 reading/msg, 1 process: {res['ing1']}")
+        if extra:
+            res["ing1w"] = self.ingest(extra[0], a.workers, a.messages)
+            self.log(f"canonical 1 reading/msg, {a.workers} processes: {res['ing1w']}")
+
+        # 50-reading messages.
+        raw50, ing50 = self.cid("raw50"), self.cid("ingest50")
+        self.open_session(raw50, topic)
+        self.prepare_ingest_sessions(ing50, 1)
+        extra = []
+        if a.workers > 1:
+            extra = [self.cid("ingest50w")]
+            self.prepare_ingest_sessions(extra[0], a.workers)
+        res["publish_multi_s"] = self.publish("multi", a.multi_messages)
+        res["raw50"] = self.raw_subscriber(raw50, a.multi_messages)
+        self.log(f"raw subscriber, 50-reading messages: {res['raw50']}")
+        res["ing50"] = self.ingest(ing50, 1, a.multi_messages * MULTI_CHANNELS)
+        self.log(f"canonical 50 readings/msg, 1 process: {res['ing50']}")
+        if extra:
+            res["ing50w"] = self.ingest(extra[0], a.workers, a.multi_messages * MULTI_CHANNELS)
+            self.log(f"canonical 50 readings/msg, {a.workers} processes: {res['ing50w']}")
+
+        # (b) the write limit.
+        res["copy"] = self.raw_copy(a.messages)
+        self.log(f"(b) raw binary COPY: {res['copy']}")
+
+        # (c) the naive bridge.
+        res["naive"] = self.naive(self.cid("naive"), a.naive_messages)
+        self.log(f"(c) naive bridge: {res['naive']}")
+        res["total_s"] = time.monotonic() - started
+        return res
+
+    def cleanup(self) -> None:
+        for proc in list(self.children):
+            try:
+                if proc.poll() is None:
+                    proc.kill()
+                    proc.wait(5)
+            except Exception:
+                pass
+        for cid in list(self.sessions):
+            try:
+                self.clear_session(cid)
+            except Exception as exc:
+                self.log(f"could not clear session {cid}: {exc}")
+        if self.conn is not None:
+            self.conn.close()
+        if not self.args.keep_db:
+            import psycopg
+            try:
+                with psycopg.connect(self.admin_url, autocommit=True) as admin:
+                    admin.execute(f'DROP DATABASE IF EXISTS "{self.args.database}" WITH (FORCE)')
+            except Exception as exc:
+                self.log(f"could not drop {self.args.database}: {exc}")
+
+
+def report(bench: Bench) -> None:
+    r, a = bench.results, bench.args
+
+    def rate(key, field):
+        return (r.get(key) or {}).get(field) or 0.0
+
+    raw_sub = rate("raw1", "msgs_per_s")
+    raw50_sub = rate("raw50", "msgs_per_s")
+    copy = rate("copy", "rows_per_s")
+    naive = rate("naive", "readings_per_s")
+    c1 = rate("ing1", "readings_per_s")
+    c50 = rate("ing50", "readings_per_s")
+    c1w = rate("ing1w", "readings_per_s")
+    c50w = rate("ing50w", "readings_per_s")
+    lines = [
+        ("(a) bare paho subscriber, QoS 1, 1-reading msgs", r.get("raw1", {}).get("received"), "msgs/s", raw_sub),
+        ("    bare paho subscriber, QoS 1, 50-reading msgs", r.get("raw50", {}).get("received"), "msgs/s", raw50_sub),
+        ("(b) psycopg binary COPY into readings", r.get("copy", {}).get("rows"), "rows/s", copy),
+        ("(c) naive bridge, INSERT+COMMIT per message", r.get("naive", {}).get("rows"), "readings/s", naive),
+        ("cimtwin ingest, 1 reading/msg, 1 process", r.get("ing1", {}).get("rows"), "readings/s", c1),
+        ("cimtwin ingest, 50 readings/msg, 1 process", r.get("ing50", {}).get("rows"), "readings/s", c50),
+    ]
+    if a.workers > 1:
+        lines += [
+            (f"cimtwin ingest, 1 reading/msg, {a.workers} processes", r.get("ing1w", {}).get("rows"),
+             "readings/s", c1w),
+            (f"cimtwin ingest, 50 readings/msg, {a.workers} processes", r.get("ing50w", {}).get("rows"),
+             "readings/s", c50w),
+        ]
+    print(f"\ningest benchmark ({os.cpu_count()} cores; broker {bench.host}:{bench.port}; "
+          f"database {a.database}, {'TimescaleDB' if bench.timescaledb else 'plain PostgreSQL'})")
+    print(f"{'measurement':<52} {'count':>9} {'rate':>12}  unit")
+    print("-" * 88)
+    for name, count, unit, value in lines:
+        print(f"{name:<52} {count if count is not None else '-':>9} {value:>12,.0f}  {unit}")
+    print("-" * 88)
+    best1 = max(c1, c1w)
+    ratios = {
+        "canonical_1_vs_raw_subscriber": round(c1 / raw_sub, 3) if raw_sub else None,
+        "canonical_1_vs_naive": round(c1 / naive, 1) if naive else None,
+        "canonical_50_vs_naive": round(c50 / naive, 1) if naive else None,
+        "canonical_1_vs_raw_copy": round(c1 / copy, 3) if copy else None,
+    }
+    print(f"canonical 1/msg vs (a): {ratios['canonical_1_vs_raw_subscriber']}  (target >= 0.70)")
+    print(f"canonical 1/msg vs (c): {ratios['canonical_1_vs_naive']}x  (target >= 10x)")
+    print(f"canonical 50/msg: {c50:,.0f} readings/s  (target >= 100,000)")
+    print(f"publishing (not a rate under test): {r.get('publish_single_s', 0):.1f} s for {a.messages} "
+          f"1-reading msgs, {r.get('publish_multi_s', 0):.1f} s for {a.multi_messages} 50-reading msgs; "
+          f"whole bench {r.get('total_s', 0):.0f} s")
+    for note in bench.notes:
+        print(f"NOTE: {note}")
+    out = {
+        "canonical_1_readings_per_s": round(c1),
+        "canonical_50_readings_per_s": round(c50),
+        "raw_subscriber_msgs_per_s": round(raw_sub),
+        "raw_subscriber_50_msgs_per_s": round(raw50_sub),
+        "raw_copy_rows_per_s": round(copy),
+        "naive_bridge_readings_per_s": round(naive),
+        **ratios,
+        "workers": a.workers,
+        "messages_single": a.messages,
+        "messages_50": a.multi_messages,
+        "readings_per_message_multi": MULTI_CHANNELS,
+        "messages_naive": a.naive_messages,
+        "copy_rows": r.get("copy", {}).get("rows"),
+        "bench_seconds": round(r.get("total_s", 0), 1),
+    }
+    if a.workers > 1:
+        out["canonical_1_readings_per_s_multi"] = round(c1w)
+        out["canonical_50_readings_per_s_multi"] = round(c50w)
+        out["canonical_1_best_vs_raw_subscriber"] = round(best1 / raw_sub, 3) if raw_sub else None
+    print(json.dumps(out))
+
+
+def main() -> None:
+    if "--child" in sys.argv:
+        argv = [x for x in sys.argv[1:] if x != "--child"]
+        child_main(argv)
+        return
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--messages", type=int, default=200_000, help="1-reading messages for (a), (b) and ingest")
+    p.add_argument("--multi-messages", type=int, default=10_000, help="50-reading messages")
+    p.add_argument("--naive-messages", type=int, default=10_000, help="messages for the naive bridge (c)")
+    p.add_argument("--workers", type=int, default=1, help="also run ingest with this many $share processes")
+    p.add_argument("--publishers", type=int, default=2, help="paho publisher processes")
+    p.add_argument("--drain-timeout", type=float, default=120.0)
+    p.add_argument("--database", default="cimtwin_bench")
+    p.add_argument("--keep-db", action="store_true")
+    args = p.parse_args()
+    bench = Bench(args)
+    try:
+        bench.run()
+    except Exception as exc:  # a bench reports what it could measure
+        bench.notes.append(f"bench aborted: {type(exc).__name__}: {exc}")
+    finally:
+        bench.cleanup()
+    report(bench)
+
+
+if __name__ == "__main__":
+    main()
