@@ -74,12 +74,14 @@ setup_postgres() {
     for _ in $(seq 30); do pg_isready -q -h "$PG_HOST" -p "$PG_PORT" && break; sleep 1; done
   fi
   # Role, database and a template with the extensions (creating them needs a superuser).
-  as_postgres psql -q -v ON_ERROR_STOP=1 -p "$PG_PORT" -d postgres <<SQL
+  as_postgres psql -q -v ON_ERROR_STOP=1 -v VERBOSITY=terse -p "$PG_PORT" -d postgres <<SQL
+SET client_min_messages = warning;
 SELECT format('CREATE ROLE %I LOGIN CREATEDB PASSWORD %L', '$PG_USER', '$PG_PASS')
 WHERE NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = '$PG_USER') \gexec
 SELECT format('CREATE DATABASE %I OWNER %I', 'cimtwin_template', '$PG_USER')
 WHERE NOT EXISTS (SELECT 1 FROM pg_database WHERE datname = 'cimtwin_template') \gexec
 \c cimtwin_template
+SET client_min_messages = warning;
 CREATE EXTENSION IF NOT EXISTS postgis;
 \c postgres
 UPDATE pg_database SET datistemplate = true WHERE datname = 'cimtwin_template';
@@ -123,10 +125,12 @@ setup_python() {
     say "creating $venv"
     python3 -m venv "$venv"
   fi
-  local extras="" stamp="$venv/.cimtwin-installed"
+  # The stamp records what was installed: the pyproject hash, plus "[test]" with the test extras.
+  local extras="" stamp="$venv/.cimtwin-installed" hash
   [ $WITH_TEST -eq 1 ] && extras="[test]"
-  local want; want="$(sha256sum "$ROOT/pyproject.toml" | cut -c1-16)$extras"
-  if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ] && ! grep -qx "$want" "$stamp" 2>/dev/null; then
+  hash=$(sha256sum "$ROOT/pyproject.toml" | cut -c1-16)
+  local want="$hash$extras" have; have=$(cat "$stamp" 2>/dev/null || true)
+  if [ "$have" != "$want" ] && [ "$have" != "$hash[test]" ]; then
     say "installing cimtwin$extras into $venv"
     "$venv/bin/pip" install -q --disable-pip-version-check -e "$ROOT$extras"
     echo "$want" > "$stamp"

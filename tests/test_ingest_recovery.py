@@ -104,7 +104,7 @@ def test_worker_killed_mid_stream_restarts_and_stores_every_message_exactly_once
     pub = PacedPublish(publisher, _messages("rcvkill", start, KILL_N), rate=4000)
     pub.start()
 
-    wait_for(lambda: _count(db) >= 3000 or not pub.is_alive(), timeout=60, interval=0.02,
+    wait_for(lambda: _count(db) >= 3000 or not pub.is_alive(), timeout=60, interval=0.001,
              message="for the first 3,000 rows")
     proc.kill()
     assert proc.proc.returncode is not None
@@ -135,6 +135,8 @@ def test_worker_killed_mid_stream_restarts_and_stores_every_message_exactly_once
 
     _assert_exactly_once(db, ids, start, KILL_N, exclude_sensor=sentinel)
     assert proc.proc.poll() is None
+    st = proc.statuses()[proc.client_ids()[0]]
+    print(f"DEBUG at_kill={at_kill} sent_at_kill={sent_at_kill} acked={st['messages_acked']} committed={st['readings_committed']}")
 
 
 # 2. The database path cut for 20 s during a steady publish -------------------------------------
