@@ -14,7 +14,7 @@ from cimtwin.ingest.status import StatusBoard
 from cimtwin.settings import Settings, get_settings
 from cimtwin.store.db import open_async_pool
 
-from .routers import health, readings, registry, schemas
+from .routers import blocks, health, ogc, readings, registry, schemas, spatial, tiles
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
@@ -49,7 +49,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         return JSONResponse({"error": "invalid_request", "detail": "; ".join(parts),
                              "errors": jsonable_errors(exc.errors())}, status_code=422)
 
-    for module in (health, registry, readings, schemas):
+    for module in (health, registry, readings, schemas, ogc, tiles, blocks, spatial):
         app.include_router(module.router)
     return app
 

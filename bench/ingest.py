@@ -390,7 +390,12 @@ class Bench:
     # consumers ------------------------------------------------------------
 
     def raw_subscriber(self, client_id: str, expect: int) -> dict:
-        r = self.child_result(self.child("raw-sub", client_id, expect=expect, timeout=self.args.drain_timeout))
+        proc = self.child("raw-sub", client_id, expect=expect, timeout=self.args.drain_timeout)
+        spy = self.profile(proc.pid, f"raw-{client_id.rsplit('-', 1)[-1]}")
+        r = self.child_result(proc)
+        if spy is not None:
+            spy.send_signal(signal.SIGINT)
+            spy.wait(30)
         self.clear_session(client_id)
         if r["received"] < expect:
             self.notes.append(f"raw subscriber {client_id} received only {r['received']} of {expect}")
@@ -425,6 +430,7 @@ class Bench:
                                 cwd=ROOT, start_new_session=True, stdout=subprocess.DEVNULL,
                                 stderr=subprocess.PIPE, text=True)
         self.children.append(proc)
+        spy = self.profile(proc.pid, f"ingest-{client_id.rsplit('-', 1)[-1]}")
         deadline = time.monotonic() + self.args.drain_timeout
         end = None
         seen = 0
@@ -438,6 +444,9 @@ class Bench:
                     break
                 time.sleep(0.05)
         finally:
+            if spy is not None:
+                spy.send_signal(signal.SIGINT)
+                spy.wait(30)
             self.stop(proc)
             err = proc.stderr.read()
             self.children.remove(proc)
@@ -457,6 +466,16 @@ class Bench:
         if dead:
             self.notes.append(f"ingest {client_id}: {dead} dead letters")
         return {"rows": stored, "seconds": secs, "readings_per_s": stored / secs, "dead_letters": dead}
+
+    def profile(self, pid: int, name: str) -> subprocess.Popen | None:
+        """With --profile-dir: py-spy samples the process (and its children) until SIGINT."""
+        if not self.args.profile_dir:
+            return None
+        out = Path(self.args.profile_dir) / f"{name}.txt"
+        out.parent.mkdir(parents=True, exist_ok=True)
+        return subprocess.Popen([str(Path(sys.executable).with_name("py-spy")), "record", "--pid", str(pid),
+                                 "--subprocesses", "--nonblocking", "--format", "raw", "--rate", "250",
+                                 "-o", str(out)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
     @staticmethod
     def stop(proc: subprocess.Popen) -> None:
@@ -500,52 +519,39 @@ class Bench:
 
     def run(self) -> dict:
         a = self.args
+        phases = set(a.phases.split(","))
         started = time.monotonic()
         self.setup_database()
         res = self.results
         topic = f"cim/v1/{VENDOR}/+/up"
 
-        # 1-reading messages: one publish feeds (a) and the single-process ingest.
-        raw1, ing1 = self.cid("raw1"), self.cid("ingest1")
-        self.open_session(raw1, topic)
-        self.prepare_ingest_sessions(ing1, 1)
-        extra = []
-        if a.workers > 1:
-            extra = [self.cid("ingest1w")]
-            self.prepare_ingest_sessions(extra[0], a.workers)
-        res["publish_single_s"] = self.publish("single", a.messages)
-        res["raw1"] = self.raw_subscriber(raw1, a.messages)
-        self.log(f"(a) raw subscriber: {res['raw1']}")
-        res["ing1"] = self.ingest(ing1, 1, a.messages)
-        self.log(f"canonical 1 reading/msg, 1 process: {res['ing1']}")
-        if extra:
-            res["ing1w"] = self.ingest(extra[0], a.workers, a.messages)
-            self.log(f"canonical 1 reading/msg, {a.workers} processes: {res['ing1w']}")
+        for kind, count, rows, tag in (("single", a.messages, a.messages, "1"),
+                                       ("multi", a.multi_messages, a.multi_messages * MULTI_CHANNELS, "50")):
+            if kind not in phases:
+                continue
+            # One publish feeds (a) and every ingest variant: the same messages for all.
+            raw, ing = self.cid(f"raw{tag}"), self.cid(f"ingest{tag}")
+            self.open_session(raw, topic)
+            self.prepare_ingest_sessions(ing, 1)
+            multi = self.cid(f"ingest{tag}w") if a.workers > 1 else None
+            if multi:
+                self.prepare_ingest_sessions(multi, a.workers)
+            res[f"publish_{kind}_s"] = self.publish(kind, count)
+            res[f"raw{tag}"] = self.raw_subscriber(raw, count)
+            self.log(f"bare paho subscriber, {tag}-reading messages: {res[f'raw{tag}']}")
+            res[f"ing{tag}"] = self.ingest(ing, 1, rows)
+            self.log(f"cimtwin ingest, {tag} reading(s)/msg, 1 process: {res[f'ing{tag}']}")
+            if multi:
+                res[f"ing{tag}w"] = self.ingest(multi, a.workers, rows)
+                self.log(f"cimtwin ingest, {tag} reading(s)/msg, {a.workers} processes: {res[f'ing{tag}w']}")
 
-        # 50-reading messages.
-        raw50, ing50 = self.cid("raw50"), self.cid("ingest50")
-        self.open_session(raw50, topic)
-        self.prepare_ingest_sessions(ing50, 1)
-        extra = []
-        if a.workers > 1:
-            extra = [self.cid("ingest50w")]
-            self.prepare_ingest_sessions(extra[0], a.workers)
-        res["publish_multi_s"] = self.publish("multi", a.multi_messages)
-        res["raw50"] = self.raw_subscriber(raw50, a.multi_messages)
-        self.log(f"raw subscriber, 50-reading messages: {res['raw50']}")
-        res["ing50"] = self.ingest(ing50, 1, a.multi_messages * MULTI_CHANNELS)
-        self.log(f"canonical 50 readings/msg, 1 process: {res['ing50']}")
-        if extra:
-            res["ing50w"] = self.ingest(extra[0], a.workers, a.multi_messages * MULTI_CHANNELS)
-            self.log(f"canonical 50 readings/msg, {a.workers} processes: {res['ing50w']}")
+        if "copy" in phases:  # (b) the write limit
+            res["copy"] = self.raw_copy(a.messages)
+            self.log(f"(b) raw binary COPY: {res['copy']}")
 
-        # (b) the write limit.
-        res["copy"] = self.raw_copy(a.messages)
-        self.log(f"(b) raw binary COPY: {res['copy']}")
-
-        # (c) the naive bridge.
-        res["naive"] = self.naive(self.cid("naive"), a.naive_messages)
-        self.log(f"(c) naive bridge: {res['naive']}")
+        if "naive" in phases:  # (c) the naive bridge
+            res["naive"] = self.naive(self.cid("naive"), a.naive_messages)
+            self.log(f"(c) naive bridge: {res['naive']}")
         res["total_s"] = time.monotonic() - started
         return res
 
@@ -661,6 +667,9 @@ def main() -> None:
     p.add_argument("--drain-timeout", type=float, default=120.0)
     p.add_argument("--database", default="cimtwin_bench")
     p.add_argument("--keep-db", action="store_true")
+    p.add_argument("--phases", default="single,multi,copy,naive",
+                   help="comma-separated subset of single,multi,copy,naive (all by default)")
+    p.add_argument("--profile-dir", help="sample the consumers with py-spy (raw stacks) into this folder")
     args = p.parse_args()
     bench = Bench(args)
     try:

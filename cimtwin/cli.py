@@ -150,5 +150,12 @@ def up(services: bool = typer.Option(True, help="install/start PostgreSQL and Mo
     _Supervisor({"ingest": exe + ["ingest"], "api": exe + ["serve"]}).run()
 
 
+# cimtwin import areas|buildings|components FILE, cimtwin export LAYER FILE
+from cimtwin.cli_geo import export as _export, import_app as _import_app  # noqa: E402
+
+app.add_typer(_import_app, name="import")
+app.command("export")(_export)
+
+
 if __name__ == "__main__":
     app()

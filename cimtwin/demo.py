@@ -39,4 +39,10 @@ async def _load(settings: Settings) -> int:
 
 
 def load_demo(settings: Settings) -> int:
-    return asyncio.run(_load(settings))
+    count = asyncio.run(_load(settings))
+    # The block-data demo: real OSM buildings around the Bund and Lujiazui, illustrative
+    # areas and components (cimtwin/demo_district.py); idempotent, and bulk.
+    from cimtwin.demo_district import load_demo_district
+
+    load_demo_district(settings)
+    return count

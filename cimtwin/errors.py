@@ -39,3 +39,21 @@ class TooLarge(CimtwinError):
 class Unavailable(CimtwinError):
     status_code = 503
     code = "unavailable"
+
+
+class UnknownCrs(BadRequest):
+    """A CRS identifier that geo.crs.parse_crs does not know; the detail names it."""
+
+    code = "unknown_crs"
+
+
+class InvalidGeometry(BadRequest):
+    """A geometry that does not parse, is empty, is of the wrong type, or is invalid (with the reason)."""
+
+    code = "invalid_geometry"
+
+
+class QueryTimeout(TooLarge):
+    """The statement timeout cut a query off. A 400, like every other limit: narrow the query."""
+
+    code = "query_timeout"

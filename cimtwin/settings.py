@@ -63,6 +63,24 @@ class Settings(BaseSettings):
     api_max_raw_rows: int = Field(default=100_000, ge=1)
     api_statement_timeout_ms: int = Field(default=15_000, ge=100)
 
+    # block data and spatial queries (/areas, /buildings, …, /spatial); past a limit is a 400
+    data_dir: Path = Field(default=REPO_ROOT.parent / "shared" / "data",
+                           description="the shared real data sets (demo district buildings)")
+    api_max_page_size: int = Field(default=10_000, ge=1, description="largest `limit` / `nearest`")
+    api_max_bbox_km2: float = Field(default=2_500.0, gt=0, description="largest query bbox, geodesic km²")
+    api_max_distance_m: float = Field(default=50_000.0, gt=0, description="largest `distance`")
+    api_max_geometry_vertices: int = Field(default=10_000, ge=4, description="largest query geometry")
+
+    # OGC API Features (/ogc) and vector tiles (/tiles)
+    ogc_default_limit: int = Field(default=100, ge=1)
+    ogc_max_limit: int = Field(default=10_000, ge=1, description="a larger `limit` gets a 400")
+    ogc_max_bbox_km2: float = Field(default=250_000.0, gt=0, description="a larger bbox (geodesic km²) gets a 400")
+    sensor_offline_after_s: float = Field(default=900.0, gt=0,
+                                          description="a sensor without a reading for longer is 'offline'")
+    tiles_max_zoom: int = Field(default=22, ge=0, le=30)
+    tiles_max_features: int = Field(default=50_000, ge=1, description="features per layer per tile")
+    tiles_static_max_age_s: int = Field(default=60, ge=0)
+
     @field_validator("mqtt_url")
     @classmethod
     def _check_mqtt_url(cls, value: str) -> str:

@@ -6,6 +6,7 @@ Built-in formats and (later) declared vendor profiles sit behind the one
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Protocol
@@ -22,6 +23,19 @@ class DecodeError(Exception):
         self.reason = reason
 
 
+class Reading(Protocol):
+    """What the normalizer reads of one decoded reading."""
+
+    @property
+    def channel(self) -> str: ...
+
+    @property
+    def value(self) -> float: ...
+
+    @property
+    def time(self) -> datetime | None: ...
+
+
 @dataclass(frozen=True, slots=True)
 class DecodedReading:
     channel: str
@@ -34,7 +48,9 @@ class Decoded:
     vendor_code: str
     device_ext_id: str
     time: datetime | None
-    readings: tuple[DecodedReading, ...] | list[DecodedReading]
+    # DecodedReading, or anything with the same three attributes: the canonical decoder
+    # hands on pydantic's CanonicalReading objects as they are rather than copying them.
+    readings: Sequence[Reading]
 
 
 class Decoder(Protocol):
@@ -74,8 +90,11 @@ class CanonicalDecoder:
             message = CanonicalMessage.model_validate_json(payload)
         except ValidationError as exc:
             raise DecodeError(*describe_validation_error(exc)) from None
+        except (OverflowError, OSError, ValueError) as exc:
+            # A time the schema's validators cannot represent (epoch ms 1e20, or year 1 moved before
+            # year 1 by its offset) escapes pydantic as a plain exception; it is still a bad payload.
+            raise DecodeError("invalid_payload", f"a time is out of range: {exc}") from None
         if message.device is not None and message.device != device:
             raise DecodeError("invalid_payload",
                               f"payload device {message.device!r} differs from the topic's device {device!r}")
-        return Decoded(vendor, device, message.time,
-                       [DecodedReading(r.channel, r.value, r.time) for r in message.readings])
+        return Decoded(vendor, device, message.time, message.readings)

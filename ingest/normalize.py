@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import threading
 import time as _time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -57,8 +58,13 @@ class DeviceDirectory:
         self._ttl_s = ttl_s
         self._stale_channel_s = stale_channel_s
         self._cache: dict[DeviceKey, tuple[float, DeviceRef]] = {}
+        self._lock = threading.Lock()  # an ingest worker's two stages may resolve at once
 
     def resolve(self, wanted: dict[DeviceKey, set[str]]) -> dict[DeviceKey, DeviceRef]:
+        with self._lock:
+            return self._resolve(wanted)
+
+    def _resolve(self, wanted: dict[DeviceKey, set[str]]) -> dict[DeviceKey, DeviceRef]:
         now = _time.monotonic()
         refresh = []
         for key, channels in wanted.items():
@@ -76,7 +82,8 @@ class DeviceDirectory:
         return {key: self._cache[key][1] for key in wanted if key in self._cache}
 
     def clear(self) -> None:
-        self._cache.clear()
+        with self._lock:
+            self._cache.clear()
 
 
 class Normalizer:

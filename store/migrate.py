@@ -47,27 +47,29 @@ def discover(directory: Path = MIGRATIONS_DIR) -> list[Migration]:
     return found
 
 
-def _try_timescaledb(conn: psycopg.Connection) -> bool:
+def _try_timescaledb(conn: psycopg.Connection, url: str) -> bool:
     available = conn.execute(
         "SELECT 1 FROM pg_available_extensions WHERE name = 'timescaledb'").fetchone()
     if not available:
         return False
+    # Installed but not in shared_preload_libraries, CREATE EXTENSION ends the session with FATAL,
+    # so it is tried on a connection of its own.
     try:
-        with conn.transaction():
-            conn.execute("CREATE EXTENSION IF NOT EXISTS timescaledb")
+        with connect(url, application_name="cimtwin-migrate-probe", autocommit=True) as probe:
+            probe.execute("CREATE EXTENSION IF NOT EXISTS timescaledb")
     except psycopg.Error:
-        # Installed but not in shared_preload_libraries, or no privilege: plain path.
+        # Not preloaded, or no privilege: plain path.
         return False
     return True
 
 
-def _backend(conn: psycopg.Connection) -> str:
+def _backend(conn: psycopg.Connection, url: str) -> str:
     conn.execute("""CREATE TABLE IF NOT EXISTS cimtwin_meta (
                         key text PRIMARY KEY, value text NOT NULL)""")
     row = conn.execute("SELECT value FROM cimtwin_meta WHERE key = 'backend'").fetchone()
     if row:
         return row[0]
-    backend = "timescaledb" if (has_timescaledb(conn) or _try_timescaledb(conn)) else "plain"
+    backend = "timescaledb" if (has_timescaledb(conn) or _try_timescaledb(conn, url)) else "plain"
     conn.execute("INSERT INTO cimtwin_meta (key, value) VALUES ('backend', %s)", (backend,))
     return backend
 
@@ -78,7 +80,7 @@ def migrate(url: str, *, directory: Path = MIGRATIONS_DIR) -> MigrationReport:
     with connect(url, application_name="cimtwin-migrate", autocommit=True) as conn:
         conn.execute("SELECT pg_advisory_lock(%s)", (_LOCK_KEY,))
         try:
-            backend = _backend(conn)
+            backend = _backend(conn, url)
             conn.execute("""CREATE TABLE IF NOT EXISTS schema_migrations (
                                 version integer NOT NULL, name text NOT NULL,
                                 variant text NOT NULL DEFAULT '',

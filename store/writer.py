@@ -1,13 +1,24 @@
 """The ingest write path: one transaction per batch, idempotent under redelivery.
 
-Rows are COPYed (binary) into a temporary stage, then moved into ``readings`` with
-``ON CONFLICT DO NOTHING``. Only rows that were really inserted feed ``latest`` and,
-on plain PostgreSQL, the ``readings_1m``/``readings_1h`` rollup tables, so a
-redelivered message changes nothing.
+Only rows that were really inserted feed ``latest`` and, on plain PostgreSQL, the
+``readings_1m``/``readings_1h`` rollup tables, so a redelivered message changes nothing.
+A batch takes one of two paths:
+
+* **Fast path** (the usual case: nothing in the batch is stored yet). The rows are
+  COPYed (binary) straight into ``readings``; the primary key ``(sensor_id, time)``
+  rejects the whole COPY if any row is already there. All rows being new, ``latest``
+  and the rollups are upserted from a :class:`Summary` of the batch computed in Python
+  (one small row per sensor and per sensor-minute/hour instead of a pass over every row).
+* **Safe path**, after a conflict (a redelivery, or a duplicate inside the batch): the
+  transaction is rolled back and the rows are COPYed into a temporary stage, moved into
+  ``readings`` with ``ON CONFLICT DO NOTHING``, and only the rows really inserted
+  (``RETURNING``) feed ``latest`` and the rollups. After a conflict the next few
+  batches go this way directly, since redeliveries come in runs.
 """
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -27,6 +38,9 @@ _STAGE = """CREATE TEMP TABLE IF NOT EXISTS readings_stage (
             ) ON COMMIT DELETE ROWS"""
 _COPY = "COPY readings_stage (time, sensor_id, value, received_at) FROM STDIN (FORMAT BINARY)"
 _COPY_TYPES = ["timestamptz", "int8", "float8", "timestamptz"]
+_COPY_DIRECT = "COPY readings (time, sensor_id, value, received_at) FROM STDIN (FORMAT BINARY)"
+# After a conflict, this many batches take the safe path before the fast one is tried again.
+SAFE_BATCHES_AFTER_CONFLICT = 8
 
 _INSERTED = """
     ins AS (
@@ -59,6 +73,32 @@ def _move_statement(with_rollups: bool) -> sql.Composable:
             parts.append(sql.SQL(_ROLLUP).format(name=sql.Identifier(name), table=sql.Identifier(table),
                                                  unit=sql.Literal(unit)))
     return sql.SQL("WITH ") + sql.SQL(",").join(parts) + sql.SQL(" SELECT count(*) FROM ins")
+
+
+_UPSERT_LATEST = """
+    newest AS (
+        INSERT INTO latest AS l (sensor_id, time, value, received_at)
+        SELECT * FROM unnest(%b::int8[], %b::timestamptz[], %b::float8[], %b::timestamptz[]) ORDER BY 1
+        ON CONFLICT (sensor_id) DO UPDATE
+            SET time = excluded.time, value = excluded.value, received_at = excluded.received_at
+            WHERE l.time < excluded.time)"""
+
+_UPSERT_ROLLUP = """
+    {name} AS (
+        INSERT INTO {table} AS r (sensor_id, bucket, count, sum, min, max)
+        SELECT * FROM unnest(%b::int8[], %b::timestamptz[], %b::int8[], %b::float8[], %b::float8[], %b::float8[])
+        ORDER BY 1, 2
+        ON CONFLICT (sensor_id, bucket) DO UPDATE
+            SET count = r.count + excluded.count, sum = r.sum + excluded.sum,
+                min = least(r.min, excluded.min), max = greatest(r.max, excluded.max))"""
+
+
+def _summary_statement(with_rollups: bool) -> sql.Composable:
+    parts = [sql.SQL(_UPSERT_LATEST)]
+    if with_rollups:
+        for name, table in (("m1", "readings_1m"), ("h1", "readings_1h")):
+            parts.append(sql.SQL(_UPSERT_ROLLUP).format(name=sql.Identifier(name), table=sql.Identifier(table)))
+    return sql.SQL("WITH ") + sql.SQL(",").join(parts) + sql.SQL(" SELECT 1")
 
 
 _DEAD_LETTER = """
@@ -126,6 +166,148 @@ def week_starts(times: Iterable[datetime]) -> set[int]:
     return {int((t.timestamp() - _MONDAY_OFFSET_S) // WEEK_S) * WEEK_S + _MONDAY_OFFSET_S for t in times}
 
 
+_UTC = timezone.utc
+
+
+@dataclass(slots=True)
+class Summary:
+    """What a batch of new rows adds to ``latest`` and the rollups, as column arrays.
+
+    ``latest``: sensor_id, time, value, received_at of each sensor's newest row.
+    ``minutes``/``hours``: sensor_id, bucket, count, sum, min, max per sensor and
+    UTC minute/hour.
+    """
+
+    rows: int
+    latest: tuple[list, list, list, list]
+    minutes: tuple[list, list, list, list, list, list]
+    hours: tuple[list, list, list, list, list, list]
+    weeks: set[int]
+
+
+def _columns(groups: dict) -> tuple[list, list, list, list, list, list]:
+    ids, buckets, counts, sums, mins, maxs = [], [], [], [], [], []
+    for (sensor_id, bucket), (count, total, lo, hi) in groups.items():
+        ids.append(sensor_id)
+        buckets.append(bucket)
+        counts.append(count)
+        sums.append(float(total))
+        mins.append(float(lo))
+        maxs.append(float(hi))
+    return ids, buckets, counts, sums, mins, maxs
+
+
+def summarize(rows: Sequence[tuple[datetime, int, float, datetime]]) -> Summary | None:
+    """The :class:`Summary` of rows ``(time, sensor_id, value, received_at)``; None if a value is NaN.
+
+    Pure Python and no database, so an ingest worker can compute it while the previous
+    batch is being written. NaN (which SQL orders above every number) is left to SQL.
+    """
+    latest: dict[int, tuple] = {}
+    minutes: dict[tuple, list] = {}  # (sensor_id, (y, m, d, h), minute) -> [count, sum, min, max]
+    hours: dict[tuple, list] = {}  # (sensor_id, (y, m, d, h)) -> [count, sum, min, max]
+    last_t = hour = minute = t_utc = None
+    for row in rows:
+        t, sensor_id, value = row[0], row[1], row[2]
+        if value != value:
+            return None
+        if t is not last_t:  # the readings of one message often share one time object
+            last_t = t
+            t_utc = t if t.tzinfo is _UTC else (t.replace(tzinfo=_UTC) if t.tzinfo is None else t.astimezone(_UTC))
+            hour, minute = (t_utc.year, t_utc.month, t_utc.day, t_utc.hour), t_utc.minute
+        newest = latest.get(sensor_id)
+        if newest is None or newest[0] < t_utc:
+            latest[sensor_id] = (t_utc, value, row[3])
+        # Both rollups add the values in row order, as SQL's sum() over the batch does, so the
+        # two write paths give bit-identical sums; and like SQL's min()/max() on float8, a tie
+        # takes the later value (0.0 vs -0.0).
+        key = (sensor_id, hour, minute)
+        agg = minutes.get(key)
+        if agg is None:
+            minutes[key] = [1, value, value, value]
+        else:
+            agg[0] += 1
+            agg[1] += value
+            if not agg[2] < value:
+                agg[2] = value
+            if not agg[3] > value:
+                agg[3] = value
+        key = (sensor_id, hour)
+        agg = hours.get(key)
+        if agg is None:
+            hours[key] = [1, value, value, value]
+        else:
+            agg[0] += 1
+            agg[1] += value
+            if not agg[2] < value:
+                agg[2] = value
+            if not agg[3] > value:
+                agg[3] = value
+    starts = {hour: datetime(*hour, tzinfo=_UTC) for _, hour in hours}
+    weeks = {int((h.timestamp() - _MONDAY_OFFSET_S) // WEEK_S) * WEEK_S + _MONDAY_OFFSET_S for h in starts.values()}
+    minute_groups = {(sensor_id, starts[hour].replace(minute=m)): agg for (sensor_id, hour, m), agg in minutes.items()}
+    hour_groups = {(sensor_id, starts[hour]): agg for (sensor_id, hour), agg in hours.items()}
+    ids = list(latest)
+    newest_rows = list(latest.values())
+    return Summary(
+        rows=len(rows),
+        latest=(ids, [r[0] for r in newest_rows], [float(r[1]) for r in newest_rows], [r[2] for r in newest_rows]),
+        minutes=_columns(minute_groups),
+        hours=_columns(hour_groups),
+        weeks=weeks,
+    )
+
+
+def _lookup_devices(conn: psycopg.Connection, keys: Sequence[tuple[str, str]]) -> dict[tuple[str, str], DeviceRef]:
+    found: dict[tuple[str, str], DeviceRef] = {}
+    rows = conn.execute(_DEVICES, ([k[0] for k in keys], [k[1] for k in keys])).fetchall()
+    conn.rollback()
+    for vendor, ext_id, device_id, channel, sensor_id, lo, hi in rows:
+        ref = found.setdefault((vendor, ext_id), DeviceRef(device_id))
+        if channel is not None:
+            ref.sensors[channel] = SensorRef(sensor_id, lo, hi)
+    return found
+
+
+class DeviceLookup:
+    """Registered devices by ``(vendor_code, ext_id)``, on a connection of its own.
+
+    An ingest worker resolves devices for the next batch while the writer's connection
+    is busy with the previous one. Thread-safe; a psycopg.OperationalError means the
+    database is unreachable (the next call reconnects).
+    """
+
+    def __init__(self, url: str, *, application_name: str = "cimtwin-ingest"):
+        self._url = url
+        self._application_name = application_name
+        self._conn: psycopg.Connection | None = None
+        self._lock = threading.Lock()
+
+    def __call__(self, keys: Sequence[tuple[str, str]]) -> dict[tuple[str, str], DeviceRef]:
+        if not keys:
+            return {}
+        with self._lock:
+            if self._conn is None or self._conn.closed or self._conn.broken:
+                self._close()
+                self._conn = connect(self._url, application_name=self._application_name)
+            try:
+                return _lookup_devices(self._conn, keys)
+            except psycopg.OperationalError:
+                self._close()
+                raise
+
+    def _close(self) -> None:
+        if self._conn is not None:
+            try:
+                self._conn.close()
+            finally:
+                self._conn = None
+
+    def close(self) -> None:
+        with self._lock:
+            self._close()
+
+
 class ReadingWriter:
     """Owns one connection; any psycopg.OperationalError means reconnect and retry the batch."""
 
@@ -135,7 +317,11 @@ class ReadingWriter:
         self._conn: psycopg.Connection | None = None
         self._weeks_ready: set[int] = set()
         self._move: sql.Composable | None = None
+        self._summary_sql: sql.Composable | None = None
+        self._safe_batches = 0  # batches to write on the safe path before trying the fast one again
         self.timescaledb = False
+        self.fast_batches = 0
+        self.safe_batches = 0
 
     def _connection(self) -> psycopg.Connection:
         if self._conn is None or self._conn.closed or self._conn.broken:
@@ -145,6 +331,7 @@ class ReadingWriter:
             self.timescaledb = has_timescaledb(conn)
             conn.commit()
             self._move = _move_statement(with_rollups=not self.timescaledb)
+            self._summary_sql = _summary_statement(with_rollups=not self.timescaledb)
             self._conn = conn
         return self._conn
 
@@ -163,18 +350,12 @@ class ReadingWriter:
         """Registered devices among ``(vendor_code, ext_id)`` keys, with their sensors."""
         if not keys:
             return {}
-        conn = self._connection()
-        found: dict[tuple[str, str], DeviceRef] = {}
-        rows = conn.execute(_DEVICES, ([k[0] for k in keys], [k[1] for k in keys])).fetchall()
-        conn.rollback()
-        for vendor, ext_id, device_id, channel, sensor_id, lo, hi in rows:
-            ref = found.setdefault((vendor, ext_id), DeviceRef(device_id))
-            if channel is not None:
-                ref.sensors[channel] = SensorRef(sensor_id, lo, hi)
-        return found
+        return _lookup_devices(self._connection(), keys)
 
-    def _ensure_partitions(self, conn: psycopg.Connection, rows: Sequence[tuple]) -> None:
-        missing = week_starts(r[0] for r in rows) - self._weeks_ready
+    def _ensure_partitions(self, conn: psycopg.Connection, rows: Sequence[tuple],
+                           summary: Summary | None = None) -> None:
+        weeks = summary.weeks if summary is not None else week_starts(r[0] for r in rows)
+        missing = weeks - self._weeks_ready
         if not missing:
             return
         weeks = [datetime.fromtimestamp(w, tz=timezone.utc) for w in sorted(missing)]
@@ -183,30 +364,43 @@ class ReadingWriter:
         self._weeks_ready |= missing
 
     def write(self, rows: Sequence[tuple[datetime, int, float, datetime]], *,
-              dead_letters: Sequence[DeadLetter] = (), pending: Sequence[PendingDevice] = ()) -> int:
-        """Store one batch in one transaction; returns how many readings were new."""
+              dead_letters: Sequence[DeadLetter] = (), pending: Sequence[PendingDevice] = (),
+              summary: Summary | None = None) -> int:
+        """Store one batch in one transaction; returns how many readings were new.
+
+        ``summary`` is ``summarize(rows)`` if the caller has already computed it.
+        """
+        if rows and (summary is None or summary.rows != len(rows)):
+            summary = summarize(rows)
         try:
-            return self._write(rows, dead_letters, pending)
+            return self._write(rows, dead_letters, pending, summary)
         except psycopg.errors.CheckViolation:
             if self.timescaledb or not self._weeks_ready:
                 raise
             # A partition we knew of was dropped (retention): look again.
             self._weeks_ready.clear()
-            return self._write(rows, dead_letters, pending)
+            return self._write(rows, dead_letters, pending, summary)
 
-    def _write(self, rows, dead_letters, pending) -> int:
+    def _write(self, rows, dead_letters, pending, summary: Summary | None) -> int:
         conn = self._connection()
         try:
             inserted = 0
             if rows and not self.timescaledb:
-                self._ensure_partitions(conn, rows)
+                self._ensure_partitions(conn, rows, summary)
+            fast = bool(rows) and summary is not None and self._safe_batches == 0
+            if fast:
+                try:
+                    inserted = self._insert_new(conn, rows, summary)
+                except psycopg.errors.UniqueViolation:
+                    # Some row is stored already (a redelivery) or twice in the batch.
+                    conn.rollback()
+                    self._safe_batches = SAFE_BATCHES_AFTER_CONFLICT
+                    fast = False
+            elif self._safe_batches:
+                self._safe_batches -= 1
             with conn.cursor() as cur:
-                if rows:
-                    with cur.copy(_COPY) as copy:
-                        copy.set_types(_COPY_TYPES)
-                        for row in rows:
-                            copy.write_row(row)
-                    inserted = cur.execute(self._move).fetchone()[0]
+                if rows and not fast:
+                    inserted = self._insert_missing(cur, rows)
                 if dead_letters:
                     cur.executemany(_DEAD_LETTER, [
                         (d.digest, d.topic, d.vendor_code, d.device_ext_id, d.reason_code, d.reason,
@@ -217,6 +411,11 @@ class ReadingWriter:
                         (p.vendor_code, p.ext_id, p.first_seen, p.last_seen, p.messages, p.topic, p.payload)
                         for p in pending])
             conn.commit()
+            if rows:
+                if fast:
+                    self.fast_batches += 1
+                else:
+                    self.safe_batches += 1
             return inserted
         except BaseException:
             if not conn.closed and not conn.broken:
@@ -225,3 +424,25 @@ class ReadingWriter:
                 except psycopg.Error:
                     self.close()
             raise
+
+    def _insert_new(self, conn: psycopg.Connection, rows, summary: Summary) -> int:
+        """Fast path: every row must be new; raises UniqueViolation (transaction aborted) otherwise."""
+        with conn.cursor() as cur:
+            with cur.copy(_COPY_DIRECT) as copy:
+                copy.set_types(_COPY_TYPES)
+                write_row = copy.write_row
+                for row in rows:
+                    write_row(row)
+            params = [*summary.latest]
+            if not self.timescaledb:
+                params += [*summary.minutes, *summary.hours]
+            cur.execute(self._summary_sql, params)
+        return len(rows)
+
+    def _insert_missing(self, cur: psycopg.Cursor, rows) -> int:
+        """Safe path: insert what is not stored yet; only that feeds latest and the rollups."""
+        with cur.copy(_COPY) as copy:
+            copy.set_types(_COPY_TYPES)
+            for row in rows:
+                copy.write_row(row)
+        return cur.execute(self._move).fetchone()[0]

@@ -18,7 +18,8 @@ from .helpers import ApiServer, Broker, IngestProcess, Publisher, clear_mqtt_ses
 # One database per pytest process, so concurrent runs never share or drop each other's.
 TEST_DB = os.environ.get("CIMTWIN_TEST_DATABASE", f"cimtwin_test_{os.getpid()}")
 DATA_TABLES = ["readings", "readings_1m", "readings_1h", "latest", "dead_letters", "pending_devices",
-               "sensors", "devices", "vendors"]
+               "sensors", "devices", "vendors", "party_assignments", "parties", "components", "rooms",
+               "floors", "buildings", "areas"]
 
 
 def _with_db(url: str, dbname: str) -> str:

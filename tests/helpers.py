@@ -101,7 +101,8 @@ class IngestProcess:
         wanted = set(self.client_ids())
         seen: dict[str, dict] = {}
         client = mqtt.Client(CallbackAPIVersion.VERSION2, protocol=mqtt.MQTTv5)
-        client.on_message = lambda c, u, msg: seen.__setitem__(msg.topic.rsplit("/", 1)[-1], json.loads(msg.payload))
+        client.on_message = lambda c, u, msg: msg.payload and seen.__setitem__(
+            msg.topic.rsplit("/", 1)[-1], json.loads(msg.payload))
         client.on_connect = lambda c, *a: c.subscribe(f"{self.settings.status_topic_prefix}/+")
         ep = self.settings.mqtt
         client.connect(ep.host, ep.port)
@@ -123,6 +124,8 @@ class IngestProcess:
         client = mqtt.Client(CallbackAPIVersion.VERSION2, protocol=mqtt.MQTTv5)
 
         def on_message(c, u, msg):
+            if not msg.payload:  # a cleared (retired) status
+                return
             status = json.loads(msg.payload)
             if status.get("broker_connected") and status.get("state") != "offline":
                 seen.add(msg.topic.rsplit("/", 1)[-1])
@@ -248,7 +251,11 @@ class ApiServer:
 
 
 class TcpProxy:
-    """A TCP relay whose path can be cut (connections dropped, new ones refused) and restored."""
+    """A TCP relay whose path can be cut (connections dropped, new ones refused) and restored.
+
+    ``hold_upstream()`` stops relaying what clients send (say, a subscriber's PUBACKs) while
+    what the target sends still flows; ``cut()`` then drops the held bytes undelivered.
+    """
 
     def __init__(self, target_host: str, target_port: int):
         self.target = (target_host, target_port)
@@ -257,6 +264,8 @@ class TcpProxy:
         self._conns: list[socket.socket] = []
         self._lock = threading.Lock()
         self._running = False
+        self._upstream_open = threading.Event()
+        self._upstream_open.set()
 
     def start(self) -> None:
         self._listener = socket.create_server(("127.0.0.1", self.port), reuse_port=False)
@@ -280,13 +289,15 @@ class TcpProxy:
                 continue
             with self._lock:
                 self._conns += [client, upstream]
-            for a, b in ((client, upstream), (upstream, client)):
-                threading.Thread(target=self._pipe, args=(a, b), daemon=True).start()
+            for a, b, gate in ((client, upstream, self._upstream_open), (upstream, client, None)):
+                threading.Thread(target=self._pipe, args=(a, b, gate), daemon=True).start()
 
     @staticmethod
-    def _pipe(src: socket.socket, dst: socket.socket) -> None:
+    def _pipe(src: socket.socket, dst: socket.socket, gate: threading.Event | None = None) -> None:
         try:
             while data := src.recv(65536):
+                if gate is not None:
+                    gate.wait()  # held: after cut() dst is closed and the data is dropped
                 dst.sendall(data)
         except OSError:
             pass
@@ -311,10 +322,19 @@ class TcpProxy:
             for s in self._conns:
                 try:
                     s.shutdown(socket.SHUT_RDWR)
-                    s.close()
                 except OSError:
                     pass
+                s.close()
             self._conns.clear()
+        self._upstream_open.set()  # held relays wake to closed sockets: what they held is dropped
+
+    def hold_upstream(self) -> None:
+        """Stop relaying client → target bytes; target → client keeps flowing."""
+        self._upstream_open.clear()
+
+    def release_upstream(self) -> None:
+        """Relay the held client → target bytes and carry on."""
+        self._upstream_open.set()
 
     def restore(self) -> None:
         self.start()

@@ -14,6 +14,7 @@ from datetime import datetime, timedelta, timezone
 from urllib.parse import urlsplit, urlunsplit
 
 import httpx
+import psycopg
 
 from .helpers import TcpProxy, wait_for
 
@@ -96,18 +97,48 @@ def _assert_exactly_once(db, ids: dict, start: datetime, n: int, *, exclude_sens
 KILL_N = 20_000
 
 
-def test_worker_killed_mid_stream_restarts_and_stores_every_message_exactly_once(db, register, ingest, publisher):
+def _ingest_backends(db, application_name: str, *, waiting_on_lock: bool = False) -> int:
+    query = "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND application_name = %s"
+    if waiting_on_lock:
+        query += " AND wait_event_type = 'Lock'"
+    return db.execute(query, (application_name,)).fetchone()[0]
+
+
+def test_worker_killed_mid_stream_restarts_and_stores_every_message_exactly_once(db, database_url, settings,
+                                                                                  register, ingest, publisher):
     ids = register("rcvkill", {**{f"d{i}": ["temp"] for i in range(DEVICES)}, "sentinel": ["temp"]})
+    # The worker reaches the broker through a relay, so the test can hold back its PUBACKs.
+    mqtt_path = TcpProxy(settings.mqtt.host, settings.mqtt.port)
+    mqtt_path.start()
+    proc = None
+    try:
+        proc = ingest(mqtt_url=f"mqtt://127.0.0.1:{mqtt_path.port}")
+        _killed_twice_mid_stream(db, database_url, ids, proc, mqtt_path, publisher)
+    finally:
+        if proc is not None:
+            proc.stop()  # while its path to the broker is still there
+        mqtt_path.stop()
+
+
+def _killed_twice_mid_stream(db, database_url, ids, proc, mqtt_path, publisher):
     sentinel = ids[("sentinel", "temp")]
-    proc = ingest()
+    worker = proc.client_ids()[0]
+    app_name = f"cimtwin-ingest:{worker}"
     start = _start_time()
-    pub = PacedPublish(publisher, _messages("rcvkill", start, KILL_N), rate=4000)
+    pub = PacedPublish(publisher, _messages("rcvkill", start, KILL_N), rate=2000)
     pub.start()
 
-    wait_for(lambda: _count(db) >= 3000 or not pub.is_alive(), timeout=60, interval=0.001,
+    # Kill 1, after commits whose PUBACKs never reached the broker: the worker keeps receiving
+    # and committing while its acknowledgements are held, then dies. The broker must redeliver
+    # those messages, and storing them again must change nothing (rows, rollups).
+    wait_for(lambda: _count(db) >= 3000 or not pub.is_alive(), timeout=60, interval=0.01,
              message="for the first 3,000 rows")
+    mqtt_path.hold_upstream()
+    at_hold = _count(db)
+    wait_for(lambda: _count(db) >= at_hold + 1000 or not pub.is_alive(), timeout=30,
+             message="for commits while the worker's acknowledgements are held")
     proc.kill()
-    assert proc.proc.returncode is not None
+    mqtt_path.cut()  # the broker sees the connection drop; the held PUBACKs are discarded
     at_kill = _count(db)
     sent_at_kill = pub.sent
     # Genuinely mid-stream: some, but far from all, were stored when the worker died.
@@ -119,10 +150,38 @@ def test_worker_killed_mid_stream_restarts_and_stores_every_message_exactly_once
              message="for messages published while the worker is down")
     assert _count(db) <= at_kill + 2000, "rows kept arriving after the worker was killed"
 
+    mqtt_path.restore()
     proc.start()  # same settings, same client id: the broker resumes the session
+    wait_for(lambda: _count(db) >= at_kill + 2000, timeout=60, message="for progress after the first restart")
+
+    def redelivered_already_stored():
+        status = proc.statuses()[worker]
+        return status["messages_acked"] - status["readings_committed"]
+    # The restarted worker did get (and acknowledge) readings that were already stored.
+    wait_for(lambda: redelivered_already_stored() > 0, timeout=20, interval=0.3,
+             message="for the broker to redeliver the messages whose PUBACKs were lost")
+
+    # Kill 2, inside a write transaction: a lock on `latest` holds the worker's batch between receipt
+    # and COMMIT. Those messages must still be unacknowledged, so the broker redelivers them.
+    with psycopg.connect(database_url) as locker:
+        locker.execute("LOCK TABLE latest IN EXCLUSIVE MODE")
+        wait_for(lambda: _ingest_backends(db, app_name, waiting_on_lock=True), timeout=30,
+                 message="for the worker's write to wait on the lock")
+        proc.kill()
+        at_kill2 = _count(db)
+        sent_at_kill2 = pub.sent
+        locker.rollback()
+    assert at_kill < at_kill2 <= 15_000, f"{at_kill2} rows were stored at the second kill"
+    assert sent_at_kill2 < KILL_N, "the publisher had already finished at the second kill"
+    # The killed worker's session ends and its open transaction is rolled back.
+    wait_for(lambda: _ingest_backends(db, app_name) == 0, timeout=30,
+             message="for the killed worker's database session to end")
+    assert _count(db) == at_kill2, "the killed worker's unfinished batch was committed"
+
+    proc.start()
     pub.finish(timeout=90)
     wait_for(lambda: _count(db, sentinel) >= KILL_N, timeout=90,
-             message=f"for {KILL_N} rows after the restart (have {_count(db, sentinel)})")
+             message=f"for {KILL_N} rows after the restarts (have {_count(db, sentinel)})")
 
     # A message published after all the others is delivered after every queued and redelivered one;
     # once it is stored, nothing older is still on its way.
@@ -135,8 +194,6 @@ def test_worker_killed_mid_stream_restarts_and_stores_every_message_exactly_once
 
     _assert_exactly_once(db, ids, start, KILL_N, exclude_sensor=sentinel)
     assert proc.proc.poll() is None
-    st = proc.statuses()[proc.client_ids()[0]]
-    print(f"DEBUG at_kill={at_kill} sent_at_kill={sent_at_kill} acked={st['messages_acked']} committed={st['readings_committed']}")
 
 
 # 2. The database path cut for 20 s during a steady publish -------------------------------------
@@ -171,6 +228,7 @@ def test_database_outage_of_20s_loses_nothing_and_shows_in_health(db, register, 
     db_port = urlsplit(settings.database_url).port or 5432
     proxy = TcpProxy(db_host, db_port)
     proxy.start()
+    proc = None
     try:
         proc = ingest(database_url=_via_proxy(settings.database_url, proxy.port))
         worker = proc.client_ids()[0]
@@ -224,6 +282,8 @@ def test_database_outage_of_20s_loses_nothing_and_shows_in_health(db, register, 
         status, body = wait_for(healthy, timeout=30, message="for /health to return 200 after the outage")
         assert _worker_entry(body, worker)["db_ok"] is True
     finally:
+        if proc is not None:
+            proc.stop()
         proxy.stop()
 
 

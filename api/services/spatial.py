@@ -1,0 +1,293 @@
+"""Spatial queries over the block layers, and the GeoJSON/CRS plumbing the block endpoints share.
+
+Inputs (``bbox`` with ``bbox-crs``; ``geom``/``point`` with ``geom-crs``) are parsed and
+checked here, reprojected to the storage CRS (EPSG:4326) with :mod:`cimtwin.geo.crs`,
+and bounded by the limits in Settings. Output geometries come from PostGIS
+(``ST_AsGeoJSON(ST_Transform(…))``) for EPSG targets it knows; GCJ-02 (and any EPSG code
+missing from ``spatial_ref_sys``) is reprojected here on shapely geometries. Coordinates
+are always x/y: lon/lat, or easting/northing.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from datetime import date, datetime
+from typing import Any
+
+import numpy as np
+import shapely
+from psycopg_pool import AsyncConnectionPool
+from starlette.datastructures import URL
+
+from cimtwin.errors import BadRequest, InvalidGeometry, TooLarge, UnknownCrs
+from cimtwin.geo.checks import geodesic_bbox_area_km2, in_lonlat_range, parse_geometry
+from cimtwin.geo.crs import CRS84, WGS84, CrsRef, UnknownCrsError, parse_crs, transform_geometry
+from cimtwin.settings import Settings
+from cimtwin.store import blocks as store
+
+GEOJSON = "application/geo+json"
+_DENSIFY_M = 50.0  # straight edges in a projected CRS stay (nearly) straight in lon/lat
+_known_srids: dict[int, bool] = {}
+
+
+# ----------------------------------------------------------------------------- CRS
+
+def crs_param(value: str | None, *, name: str = "crs") -> CrsRef:
+    """A CRS query parameter (default CRS84); an unknown one is a 400 that names it."""
+    if value is None or value.strip() == "":
+        return CRS84
+    try:
+        return parse_crs(value)
+    except UnknownCrsError as exc:
+        raise UnknownCrs(f"{name}: {exc}", crs=value) from None
+
+
+@dataclass(frozen=True)
+class OutputCrs:
+    ref: CrsRef
+    srid: int | None  # PostGIS reprojects to this; None: reprojected here from WKB
+    digits: int
+
+    @property
+    def header(self) -> dict[str, str]:
+        return {"Content-Crs": f"<{self.ref.uri}>"}
+
+    def member(self) -> dict | None:
+        """The (pre-RFC 7946) ``crs`` member that GDAL and QGIS read, for anything but CRS84."""
+        if self.ref.code in ("OGC:CRS84",):
+            return None
+        return {"type": "name", "properties": {"name": self.ref.uri}}
+
+
+async def output_crs(pool: AsyncConnectionPool, ref: CrsRef) -> OutputCrs:
+    if ref.code in ("OGC:CRS84", "EPSG:4326"):
+        return OutputCrs(ref, 4326, 9)
+    digits = 9 if ref.is_geographic else 3
+    epsg = ref.epsg
+    if epsg is not None:
+        if epsg not in _known_srids:
+            _known_srids[epsg] = await store.srid_known(pool, epsg)
+        if _known_srids[epsg]:
+            return OutputCrs(ref, epsg, digits)
+    return OutputCrs(ref, None, digits)
+
+
+def geometry_texts(rows: list[dict], out: OutputCrs) -> list[str]:
+    """The GeoJSON geometry text of each row (rows hold GeoJSON text, or WKB when srid is None)."""
+    if out.srid is not None:
+        return [r["geometry"] if r["geometry"] is not None else "null" for r in rows]
+    wkb = np.array([r["geometry"] for r in rows], dtype=object)
+    present = np.array([g is not None for g in wkb], dtype=bool)
+    texts = np.full(len(rows), "null", dtype=object)
+    if present.any():
+        geoms = shapely.from_wkb(wkb[present])
+        geoms = transform_geometry(geoms, src=WGS84, dst=out.ref)
+        texts[present] = shapely.to_geojson(geoms)
+    return list(texts)
+
+
+# ----------------------------------------------------------------------------- input geometry
+
+def _to_storage(geom, ref: CrsRef, *, name: str):
+    if ref.code not in ("OGC:CRS84", "EPSG:4326"):
+        if not ref.is_geographic:
+            geom = shapely.segmentize(geom, _DENSIFY_M)
+        with np.errstate(all="ignore"):
+            geom = transform_geometry(geom, src=ref, dst=WGS84)
+    if not in_lonlat_range([geom])[0] or not np.isfinite(shapely.bounds(geom)).all():
+        raise InvalidGeometry(f"{name}: the coordinates are not in {ref.code} (they fall outside lon/lat "
+                              f"after reprojection)")
+    if not shapely.is_valid(geom):
+        raise InvalidGeometry(f"{name}: invalid geometry after reprojection from {ref.code}: "
+                              f"{shapely.is_valid_reason(geom)}")
+    return geom
+
+
+def input_geometry(text: str, *, ref: CrsRef, name: str, allowed: tuple[str, ...] | None = None,
+                   max_vertices: int | None = None):
+    """A geometry from WKT, GeoJSON or ``x,y`` in ``ref``, checked and reprojected to EPSG:4326."""
+    try:
+        geom = parse_geometry(text, allowed=allowed, max_vertices=max_vertices)
+    except ValueError as exc:
+        raise InvalidGeometry(f"{name}: {exc}") from None
+    return _to_storage(geom, ref, name=name)
+
+
+def body_geometry(obj: dict | None, *, ref: CrsRef, allowed: tuple[str, ...] | None,
+                  max_vertices: int) -> bytes | None:
+    """A request body's GeoJSON geometry as EPSG:4326 WKB (None stays None)."""
+    if obj is None:
+        return None
+    geom = input_geometry(json.dumps(obj), ref=ref, name="geometry", allowed=allowed, max_vertices=max_vertices)
+    return shapely.to_wkb(geom)
+
+
+def bbox_geometry(text: str, *, ref: CrsRef):
+    """``minx,miny,maxx,maxy`` in ``ref`` as an EPSG:4326 polygon (densified if projected)."""
+    try:
+        values = [float(v) for v in text.split(",")]
+    except ValueError:
+        raise BadRequest(f"bbox {text!r} is not minx,miny,maxx,maxy numbers", code="invalid_bbox") from None
+    if len(values) == 6:  # minx,miny,minz,maxx,maxy,maxz
+        values = [values[0], values[1], values[3], values[4]]
+    if len(values) != 4 or not all(np.isfinite(values)):
+        raise BadRequest(f"bbox {text!r} must be four numbers minx,miny,maxx,maxy", code="invalid_bbox")
+    x0, y0, x1, y1 = values
+    if x0 >= x1 or y0 >= y1:
+        raise BadRequest(f"bbox {text!r}: minx must be below maxx and miny below maxy", code="invalid_bbox")
+    return _to_storage(shapely.box(x0, y0, x1, y1), ref, name="bbox")
+
+
+# ----------------------------------------------------------------------------- feature collections
+
+def _json_default(value: Any):
+    if isinstance(value, (datetime, date)):
+        return value.isoformat()
+    if isinstance(value, (bytes, memoryview)):
+        return bytes(value).hex()
+    return str(value)
+
+
+def dumps(value: Any) -> str:
+    return json.dumps(value, default=_json_default, ensure_ascii=False, separators=(",", ":"))
+
+
+def feature_texts(rows: list[dict], out: OutputCrs, *, layer: str | None = None) -> list[str]:
+    geoms = geometry_texts(rows, out)
+    texts = []
+    for row, geom in zip(rows, geoms):
+        props = {k: v for k, v in row.items() if k not in ("id", "geometry")}
+        if layer:
+            props = {"layer": layer, **props}
+        if "distance_m" in props and props["distance_m"] is not None:
+            props["distance_m"] = round(props["distance_m"], 3)
+        texts.append(f'{{"type":"Feature","id":{row["id"]},"geometry":{geom},"properties":{dumps(props)}}}')
+    return texts
+
+
+def collection_text(features: list[str], *, matched: int | None, out: OutputCrs, links: list[dict],
+                    extra: dict | None = None) -> str:
+    head = {"type": "FeatureCollection"}
+    if member := out.member():
+        head["crs"] = member
+    if matched is not None:
+        head["numberMatched"] = matched
+    head["numberReturned"] = len(features)
+    head["links"] = links
+    if extra:
+        head.update(extra)
+    body = dumps(head)
+    return body[:-1] + ',"features":[' + ",".join(features) + "]}"
+
+
+def page_links(url: str, *, offset: int, limit: int, returned: int, matched: int | None) -> list[dict]:
+    links = [{"rel": "self", "href": url, "type": GEOJSON}]
+    if matched is not None and offset + returned < matched:
+        nxt = URL(url).include_query_params(offset=offset + returned, limit=limit)
+        links.append({"rel": "next", "href": str(nxt), "type": GEOJSON})
+    return links
+
+
+# ----------------------------------------------------------------------------- queries
+
+@dataclass
+class SpatialArgs:
+    """The spatial and paging query parameters every feature list accepts."""
+
+    bbox: str | None = None
+    bbox_crs: str | None = None
+    geom: str | None = None
+    geom_crs: str | None = None
+    relation: str = "intersects"
+    point: str | None = None
+    distance: float | None = None
+    nearest: int | None = None
+    crs: str | None = None
+    limit: int = 100
+    offset: int = 0
+
+
+def _check_area(geom, settings: Settings, what: str) -> None:
+    km2 = float(geodesic_bbox_area_km2([geom])[0])
+    if km2 > settings.api_max_bbox_km2:
+        raise TooLarge(f"the {what} covers {km2:,.1f} km² (its bounding box), more than the limit of "
+                       f"{settings.api_max_bbox_km2:,.0f} km²; query a smaller region", code="bbox_too_large",
+                       km2=round(km2, 3), limit_km2=settings.api_max_bbox_km2)
+
+
+def check_limit(limit: int, settings: Settings) -> None:
+    if limit > settings.api_max_page_size:
+        raise TooLarge(f"limit {limit} is above the maximum page size of {settings.api_max_page_size}; "
+                       f"follow the next link to page", code="limit_too_large")
+
+
+def build_query(*, layer: str, args: SpatialArgs, filters: dict[str, Any], settings: Settings,
+                out: OutputCrs) -> store.FeatureQuery:
+    check_limit(args.limit, settings)
+    if args.nearest is not None and args.nearest > settings.api_max_page_size:
+        raise TooLarge(f"nearest {args.nearest} is above the maximum of {settings.api_max_page_size}",
+                       code="limit_too_large")
+    if args.relation not in ("intersects", "within"):
+        raise BadRequest(f"relation {args.relation!r} must be intersects or within", code="invalid_relation")
+    q = store.FeatureQuery(layer=layer, filters=filters, limit=args.limit, offset=args.offset,
+                           relation=args.relation, srid=out.srid, digits=out.digits)
+    if args.bbox is not None:
+        box = bbox_geometry(args.bbox, ref=crs_param(args.bbox_crs, name="bbox-crs"))
+        _check_area(box, settings, "bbox")
+        q.bbox = shapely.to_wkb(box)
+    geom_ref = crs_param(args.geom_crs, name="geom-crs")
+    if args.geom is not None:
+        geom = input_geometry(args.geom, ref=geom_ref, name="geom", max_vertices=settings.api_max_geometry_vertices)
+        _check_area(geom, settings, "geom")
+        q.geom = shapely.to_wkb(geom)
+    if args.point is not None:
+        point = input_geometry(args.point, ref=geom_ref, name="point", allowed=("Point",))
+        q.point = shapely.to_wkb(point)
+    elif args.distance is not None or args.nearest is not None:
+        raise BadRequest("distance and nearest need a point (point=x,y or WKT/GeoJSON, in geom-crs)",
+                         code="point_required")
+    if args.distance is not None:
+        if args.distance > settings.api_max_distance_m:
+            raise TooLarge(f"distance {args.distance:g} m is above the limit of {settings.api_max_distance_m:g} m",
+                           code="distance_too_large")
+        q.distance_m = args.distance
+    if args.nearest is not None:
+        q.nearest = args.nearest
+    return q
+
+
+async def query_layer(*, pool: AsyncConnectionPool, settings: Settings, layer: str, args: SpatialArgs,
+                      filters: dict[str, Any], url: str) -> tuple[str, dict[str, str]]:
+    """A page of a layer as a GeoJSON FeatureCollection (text) and its response headers."""
+    out = await output_crs(pool, crs_param(args.crs))
+    q = build_query(layer=layer, args=args, filters=filters, settings=settings, out=out)
+    matched, rows = await store.query_features(pool, q)
+    links = page_links(url, offset=args.offset, limit=args.limit, returned=len(rows),
+                       matched=None if q.nearest is not None else matched)
+    text = collection_text(feature_texts(rows, out), matched=matched, out=out, links=links)
+    return text, out.header
+
+
+async def feature(*, pool: AsyncConnectionPool, layer: str, feature_id: int, crs: str | None) -> tuple[str, dict]:
+    out = await output_crs(pool, crs_param(crs))
+    row = await store.get_feature(pool, layer, feature_id, srid=out.srid, digits=out.digits)
+    return feature_texts([row], out)[0], out.header
+
+
+async def containment(*, pool: AsyncConnectionPool, point: str, geom_crs: str | None,
+                      crs: str | None) -> tuple[str, dict]:
+    """What holds a point: its building (if any), then its grid → community → street → district."""
+    out = await output_crs(pool, crs_param(crs))
+    geom = input_geometry(point, ref=crs_param(geom_crs, name="geom-crs"), name="point", allowed=("Point",))
+    found = await store.containment(pool, point=shapely.to_wkb(geom), srid=out.srid, digits=out.digits)
+    features = []
+    if found["building_id"] is not None:
+        row = await store.get_feature(pool, "buildings", found["building_id"], srid=out.srid, digits=out.digits)
+        features += feature_texts([row], out, layer="building")
+    features += feature_texts(found["areas"], out, layer="area")
+    chain = [{"id": a["id"], "code": a["code"], "name": a["name"], "level": a["level"]} for a in found["areas"]]
+    shown = transform_geometry(geom, src=WGS84, dst=out.ref)
+    extra = {"point": json.loads(shapely.to_geojson(shown)), "chain": chain, "building_id": found["building_id"]}
+    text = collection_text(features, matched=None, out=out, links=[], extra=extra)
+    return text, out.header

@@ -1,0 +1,329 @@
+"""Spatial queries against the real demo district (1,450 OSM buildings, © OpenStreetMap contributors,
+ODbL; illustrative areas and components), each answer checked against shapely/pyproj on the same data."""
+
+from __future__ import annotations
+
+import json
+import time
+
+import geopandas as gpd
+import numpy as np
+import psycopg
+import pyproj
+import pytest
+import shapely
+
+from cimtwin.demo_district import load_demo_district
+from cimtwin.geo.crs import gcj02_to_wgs84, wgs84_to_gcj02
+
+from .blocks_data import DEMO_AREAS, DEMO_COMPONENTS, geodesic_distance_m, shanghai
+from .helpers import ApiServer
+
+# Near the Oriental Pearl Tower / Lujiazui ring; and a polygon over the Lujiazui core.
+POINT = shapely.Point(121.4995, 31.2405)
+LUJIAZUI = shapely.Polygon([(121.4980, 31.2350), (121.5060, 31.2335), (121.5085, 31.2390),
+                            (121.5040, 31.2440), (121.4995, 31.2430), (121.4970, 31.2395)])
+
+
+@pytest.fixture(scope="module")
+def district(base_settings, database_url):
+    """The demo district loaded once for this module (bulk, as `cimtwin demo` does)."""
+    settings = base_settings.model_copy(update={"database_url": database_url, "api_max_geometry_vertices": 500})
+    with psycopg.connect(database_url, autocommit=True) as conn:
+        conn.execute("TRUNCATE party_assignments, parties, components, rooms, floors, buildings, areas, latest, "
+                     "sensors, devices, vendors RESTART IDENTITY CASCADE")
+    load_demo_district(settings)
+    return settings
+
+
+@pytest.fixture(scope="module")
+def server(district):
+    api = ApiServer(district)
+    api.start()
+    yield api
+    api.stop()
+
+
+def fetch_all(server, path: str, params: dict) -> tuple[list[dict], int]:
+    """Every feature, following the next links; checks the paging bookkeeping on the way."""
+    features, url, matched = [], path, None
+    body = server.get(url, params=params).json()
+    while True:
+        assert body["type"] == "FeatureCollection", body
+        matched = body["numberMatched"] if matched is None else matched
+        assert body["numberMatched"] == matched and body["numberReturned"] == len(body["features"])
+        features += body["features"]
+        nxt = [link["href"] for link in body["links"] if link["rel"] == "next"]
+        if not nxt:
+            break
+        body = server.get(nxt[0]).json()
+    assert len(features) == matched
+    return features, matched
+
+
+def ext_ids(features) -> set[str]:
+    return {f["properties"]["ext_id"] for f in features}
+
+
+@pytest.fixture(scope="module")
+def buildings():
+    return shanghai()
+
+
+@pytest.fixture(scope="module")
+def components():
+    frame = gpd.read_file(DEMO_COMPONENTS)
+    return frame
+
+
+def test_within_a_polygon_matches_shapely(server, buildings, components):
+    params = {"geom": LUJIAZUI.wkt, "limit": 40}
+    got, matched = fetch_all(server, "/spatial/buildings", params)
+    expected = set(buildings["ext_id"][buildings.intersects(LUJIAZUI)])
+    assert ext_ids(got) == expected and matched == len(expected) > 40
+    assert len({f["id"] for f in got}) == matched  # pages neither overlap nor skip
+
+    within, _ = fetch_all(server, "/spatial/buildings", {**params, "relation": "within"})
+    assert ext_ids(within) == set(buildings["ext_id"][buildings.covered_by(LUJIAZUI)])
+    assert len(within) < len(got)
+
+    comps, _ = fetch_all(server, "/spatial/components", {"geom": json.dumps(shapely.geometry.mapping(LUJIAZUI))})
+    assert ext_ids(comps) == set(components["ext_id"][components.intersects(LUJIAZUI)]) != set()
+
+    hydrants, _ = fetch_all(server, "/components", {"geom": LUJIAZUI.wkt, "kind": "hydrant"})
+    assert ext_ids(hydrants) == set(components["ext_id"][components.intersects(LUJIAZUI)
+                                                         & (components["kind"] == "hydrant")])
+
+
+def test_bbox_in_web_mercator_and_gauss_kruger_matches_shapely(server, buildings):
+    to_3857 = pyproj.Transformer.from_crs(4326, 3857, always_xy=True)
+    x0, y0 = to_3857.transform(121.486, 31.232)
+    x1, y1 = to_3857.transform(121.494, 31.240)
+    got, _ = fetch_all(server, "/spatial/buildings", {"bbox": f"{x0},{y0},{x1},{y1}", "bbox-crs": "EPSG:3857",
+                                                      "limit": 500})
+    box_ll = shapely.box(*to_3857.transform(x0, y0, direction="INVERSE"), *to_3857.transform(x1, y1,
+                                                                                             direction="INVERSE"))
+    assert ext_ids(got) == set(buildings["ext_id"][buildings.intersects(box_ll)])
+
+    gk = buildings.to_crs(4549)
+    gx0, gy0, gx1, gy1 = 641800.0, 3457600.0, 642600.0, 3458400.0
+    got, _ = fetch_all(server, "/buildings", {"bbox": f"{gx0},{gy0},{gx1},{gy1}", "bbox-crs": "EPSG:4549",
+                                              "limit": 500})
+    box = shapely.box(gx0, gy0, gx1, gy1)
+    expected = set(gk["ext_id"][gk.intersects(box)])
+    # A straight edge in the projection is (nearly) straight in lon/lat: allow 10 cm at the edges.
+    near_edge = set(gk["ext_id"][gk.distance(box.boundary) < 0.1])
+    assert (ext_ids(got) ^ expected) <= near_edge
+    assert len(expected) > 20
+
+
+def test_within_200_m_of_a_point_matches_geodesic_distances(server, buildings, components):
+    for layer, frame, radius in (("buildings", buildings, 200), ("components", components, 500)):
+        got, _ = fetch_all(server, f"/spatial/{layer}", {"point": f"{POINT.x},{POINT.y}", "distance": radius,
+                                                         "limit": 25})
+        d = geodesic_distance_m(POINT, frame.geometry.values)
+        expected = set(frame["ext_id"][d <= radius])
+        borderline = set(frame["ext_id"][np.abs(d - radius) < 0.5])
+        assert (ext_ids(got) ^ expected) <= borderline and len(expected) > 3, layer
+        by_id = dict(zip(frame["ext_id"], d))
+        for f in got:
+            assert f["properties"]["distance_m"] == pytest.approx(by_id[f["properties"]["ext_id"]], abs=0.5)
+        distances = [f["properties"]["distance_m"] for f in got]
+        assert distances == sorted(distances)  # ordered by distance, across pages
+
+
+def test_nearest_n_are_in_geodesic_order(server, buildings, components):
+    for layer, frame, n in (("buildings", buildings, 12), ("components", components, 5)):
+        body = server.get(f"/spatial/{layer}", params={"point": POINT.wkt, "nearest": n}).json()
+        assert body["numberReturned"] == n and not [link for link in body["links"] if link["rel"] == "next"]
+        d = geodesic_distance_m(POINT, frame.geometry.values)
+        order = np.argsort(d, kind="stable")
+        got = [f["properties"]["distance_m"] for f in body["features"]]
+        assert got == pytest.approx(list(d[order[:n]]), abs=0.5)
+        # The same features, up to ties closer than half a metre.
+        cutoff = d[order[n - 1]]
+        sure = set(frame["ext_id"].values[order[:n]][d[order[:n]] < cutoff - 0.5])
+        assert sure <= ext_ids(body["features"])
+
+
+def _expected_chain(point):
+    areas = gpd.read_file(DEMO_AREAS)
+    holders = areas[areas.intersects(point)]
+    if holders.empty:
+        return []
+    rank = {"grid": 0, "community": 1, "street": 2, "district": 3}
+    start = min(holders.itertuples(), key=lambda a: (rank[a.level], a.geometry.area))
+    chain, parents = [start.code], dict(zip(areas["code"], areas["parent_code"]))
+    while isinstance(parents.get(chain[-1]), str):
+        chain.append(parents[chain[-1]])
+    return chain
+
+
+def test_containment_chain_of_a_point(server, buildings):
+    tower = buildings[buildings["name:en"] == "Shanghai Tower"].iloc[0]
+    inside = tower.geometry.representative_point()
+    body = server.get("/spatial/containment", params={"point": f"{inside.x},{inside.y}"}).json()
+    layers = [f["properties"]["layer"] for f in body["features"]]
+    assert layers == ["building", "area", "area", "area", "area"]
+    holders = buildings[buildings.intersects(inside)]
+    smallest = holders["ext_id"].values[int(np.argmin(shapely.area(holders.geometry.values)))]
+    assert body["features"][0]["properties"]["ext_id"] == smallest
+    assert [a["code"] for a in body["chain"]] == _expected_chain(inside)
+    assert [a["level"] for a in body["chain"]] == ["grid", "community", "street", "district"]
+
+    street = shapely.Point(121.4880, 31.2380)  # the Bund, between buildings
+    assert not buildings.intersects(street).any()
+    body = server.get("/spatial/containment", params={"point": street.wkt}).json()
+    assert body["building_id"] is None and [f["properties"]["layer"] for f in body["features"]] == ["area"] * 4
+    assert [a["code"] for a in body["chain"]] == _expected_chain(street) and body["chain"][2]["code"] == "demo-01"
+
+    # The same place given in GCJ-02 holds the same things.
+    gx, gy = wgs84_to_gcj02(inside.x, inside.y)
+    body = server.get("/spatial/containment", params={"point": f"{gx},{gy}", "geom-crs": "GCJ02"}).json()
+    assert body["features"][0]["properties"]["ext_id"] == smallest
+
+    far = server.get("/spatial/containment", params={"point": "116.39,39.91"}).json()
+    assert far["chain"] == [] and far["features"] == []
+
+
+def _vertices(geometry: dict) -> np.ndarray:
+    return shapely.get_coordinates(shapely.geometry.shape(geometry))
+
+
+def test_crs_round_trips_within_half_a_metre(server):
+    fid = server.get("/buildings", params={"q": "上海中心大厦"}).json()["features"][0]["id"]
+    base = _vertices(server.get(f"/buildings/{fid}").json()["geometry"])
+    geod = pyproj.Geod(ellps="WGS84")
+    for crs in ("EPSG:4490", "EPSG:3857", "EPSG:4549", "EPSG:32651", "GCJ02"):
+        r = server.get(f"/buildings/{fid}", params={"crs": crs})
+        assert r.status_code == 200 and r.headers["content-type"] == "application/geo+json"
+        xy = _vertices(r.json()["geometry"])
+        if crs == "GCJ02":
+            lon, lat = gcj02_to_wgs84(xy[:, 0], xy[:, 1])
+            assert r.headers["content-crs"] == "<urn:cimtwin:crs:gcj02>"
+        else:
+            lon, lat = pyproj.Transformer.from_crs(crs, 4326, always_xy=True).transform(xy[:, 0], xy[:, 1])
+            assert r.headers["content-crs"].endswith(f"/EPSG/0/{crs.split(':')[1]}>")
+        offsets = geod.inv(base[:, 0], base[:, 1], lon, lat)[2]
+        assert offsets.max() < 0.5, (crs, offsets.max())
+    # GCJ-02 visibly moves Shanghai by hundreds of metres: the transform really happened.
+    gcj = _vertices(server.get(f"/buildings/{fid}", params={"crs": "GCJ02"}).json()["geometry"])
+    assert geod.inv(base[0, 0], base[0, 1], gcj[0, 0], gcj[0, 1])[2] > 300
+
+    collection = server.get("/spatial/buildings", params={"point": POINT.wkt, "nearest": 3, "crs": "EPSG:4490"})
+    assert collection.json()["crs"]["properties"]["name"] == "http://www.opengis.net/def/crs/EPSG/0/4490"
+    # A query point in GCJ-02 finds the same nearest buildings.
+    gx, gy = wgs84_to_gcj02(POINT.x, POINT.y)
+    same = server.get("/spatial/buildings", params={"point": f"{gx},{gy}", "geom-crs": "GCJ02", "nearest": 3})
+    assert [f["id"] for f in same.json()["features"]] == [f["id"] for f in collection.json()["features"]]
+
+
+def test_unknown_crs_is_a_400_that_names_it(server):
+    for params, name in [({"crs": "EPSG:99999"}, "EPSG:99999"),
+                         ({"bbox": "1,2,3,4", "bbox-crs": "EPSG:4979"}, "EPSG:4979"),
+                         ({"point": "1,2", "distance": 5, "geom-crs": "not-a-crs"}, "not-a-crs")]:
+        r = server.get("/spatial/buildings", params=params)
+        assert (r.status_code, r.json()["error"]) == (400, "unknown_crs"), r.text
+        assert name in r.json()["detail"] and r.json()["crs"] == name
+    assert server.get("/buildings/1", params={"crs": "EPSG:99999"}).json()["error"] == "unknown_crs"
+
+
+def test_limits_and_bad_input_are_clear_4xx(server):
+    big = shapely.Point(121.5, 31.24).buffer(0.01, quad_segs=200)  # 801 vertices > this server's 500
+    cases = [
+        ({"limit": 10_001}, "limit_too_large"),
+        ({"point": "121.5,31.24", "nearest": 20_000}, "limit_too_large"),
+        ({"bbox": "100,20,125,40"}, "bbox_too_large"),
+        ({"geom": shapely.box(110, 20, 125, 35).wkt}, "bbox_too_large"),
+        ({"point": "121.5,31.24", "distance": 100_000}, "distance_too_large"),
+        ({"geom": big.wkt}, "invalid_geometry"),
+        ({"geom": "POLYGON((121.49 31.23, 121.5 31.24, 121.5 31.23, 121.49 31.24, 121.49 31.23))"},
+         "invalid_geometry"),
+        ({"geom": "POLYGON((1 2, 3 4"}, "invalid_geometry"),
+        ({"bbox": "121.5,31.24,121.4,31.25"}, "invalid_bbox"),
+        ({"bbox": "a,b,c,d"}, "invalid_bbox"),
+        ({"bbox": "500000,3400000,500100,3400100"}, "invalid_geometry"),  # metres given as lon/lat
+        ({"distance": 50}, "point_required"),
+        ({"point": "LINESTRING(121.5 31.2, 121.6 31.3)", "distance": 50}, "invalid_geometry"),
+        ({"relation": "touches", "geom": "POINT(121.5 31.24)"}, "invalid_relation"),
+    ]
+    for params, code in cases:
+        r = server.get("/spatial/buildings", params=params)
+        assert (r.status_code, r.json()["error"]) == (400, code), (params, r.text)
+        assert r.json()["detail"]
+    r = server.get("/spatial/buildings", params={"geom": "POLYGON((121.49 31.23, 121.5 31.24, 121.5 31.23, "
+                                                         "121.49 31.24, 121.49 31.23))"})
+    assert "Self-intersection" in r.json()["detail"]
+    assert server.get("/spatial/buildings", params={"geom": big.wkt}).json()["detail"].endswith("limit of 500")
+    assert server.get("/spatial/nope").status_code == 422
+    assert server.get("/spatial/buildings", params={"distance": -1, "point": "1,2"}).status_code == 422
+    assert server.get("/buildings", params={"kind": "x", "limit": 0}).status_code == 422
+
+
+def test_statement_timeout_is_a_400_not_a_hang(district, database_url):
+    slow = ApiServer(district.model_copy(update={"api_statement_timeout_ms": 300}))
+    slow.start()
+    try:
+        with psycopg.connect(database_url) as locker:
+            locker.execute("LOCK TABLE buildings IN ACCESS EXCLUSIVE MODE")  # every read of buildings waits
+            started = time.monotonic()
+            r = slow.get("/spatial/buildings", params={"point": POINT.wkt, "distance": 100})
+            elapsed = time.monotonic() - started
+            locker.rollback()
+        assert (r.status_code, r.json()["error"]) == (400, "query_timeout"), r.text
+        assert elapsed < 5
+        assert slow.get("/spatial/buildings", params={"point": POINT.wkt, "nearest": 1}).status_code == 200
+    finally:
+        slow.stop()
+
+
+def test_sensors_are_where_their_component_room_building_or_device_is(server, district, buildings, components):
+    with psycopg.connect(district.database_url, autocommit=True) as conn:
+        vendor = conn.execute("INSERT INTO vendors (code, name) VALUES ('acme', 'ACME') RETURNING id").fetchone()[0]
+        sensors = {}
+        for ext in ("on-hydrant", "in-tower", "in-room", "on-pole", "nowhere"):
+            device = conn.execute("INSERT INTO devices (vendor_id, ext_id) VALUES (%s, %s) RETURNING id",
+                                  (vendor, ext)).fetchone()[0]
+            sensors[ext] = (device, conn.execute(
+                "INSERT INTO sensors (device_id, channel, quantity, unit) VALUES (%s, 't', 'temperature', '°C') "
+                "RETURNING id", (device,)).fetchone()[0])
+    hydrant = components[components["ext_id"] == "demo-hydrant-01"].iloc[0]
+    hydrant_id = server.get("/components", params={"ext_id": "demo-hydrant-01"}).json()["features"][0]["id"]
+    tower = buildings[buildings["ext_id"] == "165792123"].iloc[0]
+    tower_id = server.get("/buildings", params={"ext_id": "165792123"}).json()["features"][0]["id"]
+    floor = server.post("/floors", json={"building_id": tower_id, "level": 118, "elevation": 546})
+    room_shape = shapely.box(*tower.geometry.representative_point().buffer(0.00005).bounds)
+    room = server.post("/rooms", json={"floor_id": floor.json()["id"], "ext_id": "observation-deck",
+                                       "occupants": 40, "geometry": shapely.geometry.mapping(room_shape)})
+    assert room.status_code == 201, room.text
+    pole = shapely.Point(121.4990, 31.2410)
+
+    for ext, body in (("on-hydrant", {"component_id": hydrant_id}), ("in-tower", {"building_id": tower_id}),
+                      ("in-room", {"room_id": room.json()["id"]})):
+        r = server.client.put(f"/sensors/{sensors[ext][1]}/place", json=body)
+        assert r.status_code == 200, r.text
+    r = server.client.put(f"/devices/{sensors['on-pole'][0]}/location",
+                          json={"geometry": {"type": "Point", "coordinates": [pole.x, pole.y]}})
+    assert r.status_code == 204, r.text
+    bad = server.client.put(f"/devices/{sensors['on-pole'][0]}/location",
+                            json={"geometry": {"type": "LineString", "coordinates": [[0, 0], [1, 1]]}})
+    assert (bad.status_code, bad.json()["error"]) == (400, "invalid_geometry")
+
+    place = server.get(f"/sensors/{sensors['on-hydrant'][1]}/place").json()
+    assert place["properties"]["place"] == "component" and shapely.geometry.shape(place["geometry"]).equals(
+        hydrant.geometry)
+    places = {f["properties"]["device"]: f for f in fetch_all(server, "/spatial/sensors",
+                                                              {"bbox": "121.4,31.2,121.6,31.3"})[0]}
+    assert {k: v["properties"]["place"] for k, v in places.items()} == {
+        "on-hydrant": "component", "in-tower": "building", "in-room": "room", "on-pole": "device"}
+    assert places["in-room"]["properties"]["building_id"] == tower_id
+
+    # Within 150 m of the pole: compare with geodesic distances to each sensor's geometry.
+    geoms = {"on-hydrant": hydrant.geometry, "in-tower": tower.geometry, "in-room": room_shape, "on-pole": pole}
+    for radius in (150, 600):
+        got = {f["properties"]["device"] for f in fetch_all(server, "/spatial/sensors",
+                                                            {"point": pole.wkt, "distance": radius})[0]}
+        d = geodesic_distance_m(pole, list(geoms.values()))
+        assert got == {k for k, dist in zip(geoms, d) if dist <= radius}
+    nearest = server.get("/spatial/sensors", params={"point": pole.wkt, "nearest": 2}).json()
+    assert [f["properties"]["device"] for f in nearest["features"]][0] == "on-pole"
