@@ -82,6 +82,82 @@ COPY_CHUNK = 10_000
 MAX_UNACKED = 10_000  # per paho publisher client; paho's packet ids are 16-bit
 
 
+# --- load on the machine -------------------------------------------------------------------------
+
+HEAVY_NAMES = ("pytest", "bench/", "cc1", "gcc", "g++", "clang", "rustc", "cargo", "make", "ninja",
+               "pip install", "mypy", "ruff", "apt", "dpkg")
+
+
+def _proc_table() -> dict[int, tuple[int, int, str]]:
+    """pid → (utime + stime ticks, parent pid, command line) of every process."""
+    out = {}
+    for name in os.listdir("/proc"):
+        if not name.isdigit():
+            continue
+        try:
+            with open(f"/proc/{name}/stat") as f:
+                stat = f.read()
+            with open(f"/proc/{name}/cmdline", "rb") as f:
+                cmd = f.read().replace(b"\0", b" ").decode(errors="replace").strip()
+        except OSError:
+            continue
+        rest = stat[stat.rindex(")") + 2:].split()
+        out[int(name)] = (int(rest[11]) + int(rest[12]), int(rest[1]),
+                          cmd or stat[stat.index("(") + 1:stat.rindex(")")])
+    return out
+
+
+class LoadWatch:
+    """CPU used by processes that are not the bench's: not this process or its descendants, not
+    PostgreSQL backends of the bench database, not the project's broker (which the bench drives,
+    though others may use it too)."""
+
+    def __init__(self, database: str, broker_port: int):
+        self.database = database
+        self.broker_port = broker_port
+        self._hz = os.sysconf("SC_CLK_TCK")
+        self._last: tuple[float, dict] | None = None
+
+    def _ours(self, pid: int, table: dict) -> bool:
+        cmd = table[pid][2]
+        if f" {self.database} " in f" {cmd} " or ("mosquitto" in cmd and str(ROOT) in cmd):
+            return True
+        seen = 0
+        while pid > 1 and seen < 64:
+            if pid == os.getpid():
+                return True
+            pid = table.get(pid, (0, 0, ""))[1]
+            seen += 1
+        return False
+
+    def mark(self) -> None:
+        self._last = (time.monotonic(), _proc_table())
+
+    def since_mark(self) -> tuple[float, list[tuple[float, int, str]]]:
+        """(other processes' CPU since mark() in % of one core, [(cpu %, pid, cmd) of the busy ones])."""
+        t0, a = self._last
+        b = _proc_table()
+        dt = max(time.monotonic() - t0, 1e-3)
+        total, busy = 0.0, []
+        for pid, (ticks, _, cmd) in b.items():
+            if pid not in a or self._ours(pid, b):
+                continue
+            pct = 100.0 * (ticks - a[pid][0]) / self._hz / dt
+            total += pct
+            if pct >= 10:
+                busy.append((pct, pid, cmd[:80]))
+        return total, sorted(busy, reverse=True)
+
+    def measure(self, seconds: float) -> tuple[float, list[tuple[float, int, str]]]:
+        self.mark()
+        time.sleep(seconds)
+        return self.since_mark()
+
+    @staticmethod
+    def is_busy(total: float, busy: list) -> bool:
+        return total > 30 or any(any(h in cmd for h in HEAVY_NAMES) for pct, _, cmd in busy if pct >= 5)
+
+
 # --- messages (deterministic, so children can generate them from a few numbers) -------------------
 
 def _iso(t0_ms: int, offset_ms: int) -> str:
@@ -273,6 +349,36 @@ class Bench:
         self.conn = None
         self.sensor_ids: dict[tuple[str, str], int] = {}
         self.timescaledb = False
+        self.watch = LoadWatch(args.database, self.port)
+        self.load: dict[str, float] = {}  # other processes' CPU (% of a core) during each measurement
+
+    def wait_idle(self) -> None:
+        """Waits (up to --wait-idle s) until other processes use < 30 % of a core and no test,
+        benchmark or build runs, so that the figures are this machine's, not a shared one's."""
+        deadline = time.monotonic() + self.args.wait_idle
+        while True:
+            total, busy = self.watch.measure(3.0)
+            if not LoadWatch.is_busy(total, busy):
+                self.log(f"machine idle enough: other processes use {total:.0f} % of a core")
+                self.load["before"] = round(total, 1)
+                return
+            desc = "; ".join(f"{pct:.0f}% pid {pid} {cmd[:60]}" for pct, pid, cmd in busy[:3])
+            if time.monotonic() >= deadline:
+                self.notes.append(f"started under load: other processes used {total:.0f} % of a core ({desc})")
+                self.load["before"] = round(total, 1)
+                return
+            self.log(f"waiting for an idle machine: {total:.0f} % of a core in use ({desc})")
+
+    def watched(self, name: str, fn, *args):
+        """Runs one measurement and records the CPU that other processes used meanwhile."""
+        self.watch.mark()
+        result = fn(*args)
+        total, busy = self.watch.since_mark()
+        self.load[name] = round(total, 1)
+        if total > 30:
+            desc = "; ".join(f"{pct:.0f}% pid {pid} {cmd[:50]}" for pct, pid, cmd in busy[:3])
+            self.notes.append(f"{name} ran under load: other processes used {total:.0f} % of a core ({desc})")
+        return result
 
     # infrastructure ------------------------------------------------------
 
@@ -520,6 +626,8 @@ class Bench:
     def run(self) -> dict:
         a = self.args
         phases = set(a.phases.split(","))
+        if a.wait_idle > 0:
+            self.wait_idle()
         started = time.monotonic()
         self.setup_database()
         res = self.results
@@ -537,20 +645,20 @@ class Bench:
             if multi:
                 self.prepare_ingest_sessions(multi, a.workers)
             res[f"publish_{kind}_s"] = self.publish(kind, count)
-            res[f"raw{tag}"] = self.raw_subscriber(raw, count)
+            res[f"raw{tag}"] = self.watched(f"raw{tag}", self.raw_subscriber, raw, count)
             self.log(f"bare paho subscriber, {tag}-reading messages: {res[f'raw{tag}']}")
-            res[f"ing{tag}"] = self.ingest(ing, 1, rows)
+            res[f"ing{tag}"] = self.watched(f"ing{tag}", self.ingest, ing, 1, rows)
             self.log(f"cimtwin ingest, {tag} reading(s)/msg, 1 process: {res[f'ing{tag}']}")
             if multi:
-                res[f"ing{tag}w"] = self.ingest(multi, a.workers, rows)
+                res[f"ing{tag}w"] = self.watched(f"ing{tag}w", self.ingest, multi, a.workers, rows)
                 self.log(f"cimtwin ingest, {tag} reading(s)/msg, {a.workers} processes: {res[f'ing{tag}w']}")
 
         if "copy" in phases:  # (b) the write limit
-            res["copy"] = self.raw_copy(a.messages)
+            res["copy"] = self.watched("copy", self.raw_copy, a.messages)
             self.log(f"(b) raw binary COPY: {res['copy']}")
 
         if "naive" in phases:  # (c) the naive bridge
-            res["naive"] = self.naive(self.cid("naive"), a.naive_messages)
+            res["naive"] = self.watched("naive", self.naive, self.cid("naive"), a.naive_messages)
             self.log(f"(c) naive bridge: {res['naive']}")
         res["total_s"] = time.monotonic() - started
         return res
@@ -628,6 +736,9 @@ def report(bench: Bench) -> None:
     print(f"publishing (not a rate under test): {r.get('publish_single_s', 0):.1f} s for {a.messages} "
           f"1-reading msgs, {r.get('publish_multi_s', 0):.1f} s for {a.multi_messages} 50-reading msgs; "
           f"whole bench {r.get('total_s', 0):.0f} s")
+    if bench.load:
+        print("other processes' CPU meanwhile (% of one core): "
+              + ", ".join(f"{k} {v:.0f}" for k, v in bench.load.items()))
     for note in bench.notes:
         print(f"NOTE: {note}")
     out = {
@@ -645,6 +756,7 @@ def report(bench: Bench) -> None:
         "messages_naive": a.naive_messages,
         "copy_rows": r.get("copy", {}).get("rows"),
         "bench_seconds": round(r.get("total_s", 0), 1),
+        "other_cpu_pct_of_core": bench.load,
     }
     if a.workers > 1:
         out["canonical_1_readings_per_s_multi"] = round(c1w)
@@ -667,6 +779,8 @@ def main() -> None:
     p.add_argument("--drain-timeout", type=float, default=120.0)
     p.add_argument("--database", default="cimtwin_bench")
     p.add_argument("--keep-db", action="store_true")
+    p.add_argument("--wait-idle", type=float, default=300.0,
+                   help="first wait up to this many seconds for other busy processes to finish (0: don't)")
     p.add_argument("--phases", default="single,multi,copy,naive",
                    help="comma-separated subset of single,multi,copy,naive (all by default)")
     p.add_argument("--profile-dir", help="sample the consumers with py-spy (raw stacks) into this folder")

@@ -94,6 +94,28 @@ def serve(host: str = typer.Option(None), port: int = typer.Option(None)) -> Non
                 log_level="info")
 
 
+@app.command()
+def maintain(every: float = typer.Option(0, help="repeat every this many seconds; 0 runs once")) -> None:
+    """Housekeeping: drop readings past CIMTWIN_RETENTION_DAYS (plain PostgreSQL; TimescaleDB runs its own jobs)."""
+    from cimtwin.store.db import connect
+    from cimtwin.store.migrate import drop_expired_readings
+
+    _logging()
+    log = logging.getLogger("cimtwin.maintain")
+    s = get_settings()
+    while True:
+        try:
+            with connect(s.database_url, application_name="cimtwin-maintain", autocommit=True) as conn:
+                dropped = drop_expired_readings(conn, retention_days=s.retention_days)
+            if dropped:
+                log.info("dropped %d weekly partition(s) older than %d days", dropped, s.retention_days)
+        except Exception as exc:  # keep the loop alive through outages
+            log.warning("maintenance failed: %s", exc)
+        if not every:
+            return
+        time.sleep(every)
+
+
 def _services() -> None:
     script = REPO_ROOT / "deploy" / "bootstrap.sh"
     if not script.exists():
@@ -147,7 +169,8 @@ def up(services: bool = typer.Option(True, help="install/start PostgreSQL and Mo
     exe = [sys.executable, "-m", "cimtwin.cli"]
     console.print(f"[bold]cimtwin is up[/]: API http://{s.api_host}:{s.api_port}/docs, "
                   f"MQTT {s.mqtt_url} (topic cim/v1/{{vendor}}/{{device}}/up). Ctrl-C stops.")
-    _Supervisor({"ingest": exe + ["ingest"], "api": exe + ["serve"]}).run()
+    _Supervisor({"ingest": exe + ["ingest"], "api": exe + ["serve"],
+                 "maintain": exe + ["maintain", "--every", "3600"]}).run()
 
 
 # cimtwin import areas|buildings|components FILE, cimtwin export LAYER FILE

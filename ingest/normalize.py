@@ -117,25 +117,36 @@ class Normalizer:
 
         decoded: list[tuple[RawMessage, Decoded]] = []
         wanted: dict[DeviceKey, set[str]] = {}
+        max_bytes = self._max_payload_bytes
+        only = self._decoders[0] if len(self._decoders) == 1 else None
         for msg in messages:
-            if len(msg.payload) > self._max_payload_bytes:
-                reject(msg, "payload_too_large",
-                       f"payload is {len(msg.payload)} bytes; the limit is {self._max_payload_bytes}")
+            topic, payload = msg.topic, msg.payload
+            if len(payload) > max_bytes:
+                reject(msg, "payload_too_large", f"payload is {len(payload)} bytes; the limit is {max_bytes}")
                 continue
-            decoder = self._decoder_for(msg.topic)
+            if only is not None:
+                decoder = only if only.handles(topic) else None
+            else:
+                decoder = self._decoder_for(topic)
             if decoder is None:
-                reject(msg, "bad_topic", f"no decoder handles topic {msg.topic!r}")
+                reject(msg, "bad_topic", f"no decoder handles topic {topic!r}")
                 continue
             try:
-                d = decoder.decode(msg.topic, msg.payload)
+                d = decoder.decode(topic, payload)
             except DecodeError as exc:
                 reject(msg, exc.reason_code, exc.reason)
                 continue
             decoded.append((msg, d))
-            wanted.setdefault((d.vendor_code, d.device_ext_id), set()).update(r.channel for r in d.readings)
+            key = (d.vendor_code, d.device_ext_id)
+            channels = wanted.get(key)
+            if channels is None:
+                wanted[key] = channels = set()
+            channels.update([r[0] for r in d.readings])
 
         devices = self._directory.resolve(wanted)
         rows = out.rows
+        append = rows.append
+        max_future = self._max_future
         for msg, d in decoded:
             key = (d.vendor_code, d.device_ext_id)
             device = devices.get(key)
@@ -152,30 +163,30 @@ class Normalizer:
                     seen.last_seen, seen.topic, seen.payload = msg.received_at, msg.topic, msg.payload
                 continue
             problems: list[tuple[str, str]] = []
-            latest_allowed = msg.received_at + self._max_future
-            default_time = d.time or msg.received_at
+            received_at = msg.received_at
+            latest_allowed = received_at + max_future
+            default_time = d.time or received_at
             sensors = device.sensors
-            for i, r in enumerate(d.readings):
-                sensor = sensors.get(r.channel)
+            for i, (channel, v, reading_time) in enumerate(d.readings):
+                sensor = sensors.get(channel)
                 if sensor is None:
-                    problems.append(("unknown_channel", f"readings[{i}]: unknown channel {r.channel!r} "
+                    problems.append(("unknown_channel", f"readings[{i}]: unknown channel {channel!r} "
                                      f"(device has: {', '.join(sorted(sensors)) or 'no channels'})"))
                     continue
-                t = r.time or default_time
+                t = reading_time or default_time
                 if t > latest_allowed:
-                    ahead = (t - msg.received_at).total_seconds()
+                    ahead = (t - received_at).total_seconds()
                     problems.append(("future_time", f"readings[{i}]: time {t.isoformat()} is {ahead:.0f} s "
                                      f"in the future (limit {self._max_future.total_seconds():.0f} s)"))
                     continue
-                v = r.value
-                if (sensor.min_value is not None and v < sensor.min_value) or (
-                        sensor.max_value is not None and v > sensor.max_value):
-                    lo = "-inf" if sensor.min_value is None else _fmt(sensor.min_value)
-                    hi = "inf" if sensor.max_value is None else _fmt(sensor.max_value)
-                    problems.append(("out_of_range", f"readings[{i}]: value {_fmt(v)} of channel {r.channel!r} "
+                lo, hi = sensor.min_value, sensor.max_value
+                if (lo is not None and v < lo) or (hi is not None and v > hi):
+                    lo = "-inf" if lo is None else _fmt(lo)
+                    hi = "inf" if hi is None else _fmt(hi)
+                    problems.append(("out_of_range", f"readings[{i}]: value {_fmt(v)} of channel {channel!r} "
                                      f"is outside its valid range [{lo}, {hi}]"))
                     continue
-                rows.append((t, sensor.id, v, msg.received_at))
+                append((t, sensor.id, v, received_at))
             if problems:
                 stored = len(d.readings) - len(problems)
                 suffix = f" ({stored} other reading(s) of this message were stored)" if stored else ""

@@ -2,9 +2,9 @@
 
 The paho callback only enqueues. Two threads then form a two-stage pipeline:
 
-* **prepare** cuts batches by size and time, decodes and normalizes them and summarizes
-  their rows (pure Python, plus a device lookup on its own connection when the cache
-  misses);
+* **prepare** cuts batches by size and time, decodes and normalizes them, and turns their
+  rows into binary COPY data and a summary for ``latest`` and the rollups (pure Python,
+  plus a device lookup on its own connection when the cache misses);
 * **commit** (the thread that called :meth:`IngestWorker.run`) writes each prepared batch
   in one transaction and acknowledges its messages only after COMMIT, in the order
   they were received.
@@ -42,7 +42,7 @@ from paho.mqtt.properties import Properties
 from paho.mqtt.subscribeoptions import SubscribeOptions
 
 from cimtwin.settings import Settings
-from cimtwin.store.writer import DeviceLookup, ReadingWriter, Summary, summarize
+from cimtwin.store.writer import DeviceLookup, PreparedRows, ReadingWriter, prepare_rows
 
 from .normalize import DeviceDirectory, NormalizedBatch, Normalizer, RawMessage
 
@@ -247,7 +247,7 @@ class _Batch:
     messages: list[mqtt.MQTTMessage]
     raws: list[RawMessage]
     result: NormalizedBatch | None  # None: the database refused the lookup; write message by message
-    summary: Summary | None
+    rows: PreparedRows | None  # the rows' COPY data and summary, made ahead of the write
 
 
 class IngestWorker:
@@ -356,7 +356,7 @@ class IngestWorker:
         self._db_ok, self._db_error = True, None
 
     def _prepare(self, messages: list[mqtt.MQTTMessage]) -> _Batch | None:
-        """Normalize and summarize; retries device lookups through outages. None if stopped first."""
+        """Normalize and prepare the rows; retries device lookups through outages. None if stopped first."""
         raws = self._to_raw(messages)
         delay = 0.5
         while True:
@@ -373,7 +373,7 @@ class IngestWorker:
             except psycopg.Error as exc:
                 log.error("database refused a device lookup (%s); writing the batch message by message", exc)
                 return _Batch(messages, raws, None, None)
-            return _Batch(messages, raws, result, summarize(result.rows) if result.rows else None)
+            return _Batch(messages, raws, result, prepare_rows(result.rows) if result.rows else None)
 
     def _prepare_loop(self) -> None:
         try:
@@ -428,7 +428,7 @@ class IngestWorker:
                     else:
                         self.readings_committed += self._writer.write(
                             result.rows, dead_letters=result.dead_letters, pending=result.pending,
-                            summary=batch.summary)
+                            prepared=batch.rows)
                 except psycopg.OperationalError:
                     raise
                 except psycopg.Error as exc:

@@ -228,8 +228,15 @@ async def items(pool: AsyncConnectionPool, *, collection: str, bbox=None, filter
     """
     c = COLLECTIONS[collection]
     where, params = _where(c, bbox=bbox, filters=filters, interval=interval)
+    # The page's ids first, then the GeoJSON and properties of those rows only: PostgreSQL
+    # computes the select list of every row an OFFSET skips, so a page deep into a large
+    # collection otherwise renders all the rows before it (bench/geo.py: 0.9 s at offset
+    # 99,000 of 100k buildings, 55 ms this way).
     query = sql.SQL("""SELECT {id} AS id, {geom} AS geometry, {props} AS properties
-                       FROM {from_} WHERE {where} ORDER BY {id} LIMIT %(limit)s OFFSET %(offset)s""").format(
+                       FROM {from_}
+                       WHERE {id} IN (SELECT {id} FROM {from_} WHERE {where}
+                                      ORDER BY {id} LIMIT %(limit)s OFFSET %(offset)s)
+                       ORDER BY {id}""").format(
         id=sql.SQL(c.id_expr), geom=_geometry_json(c, srid=srid, flip=flip, decimals=decimals),
         props=_properties_json(c), from_=sql.SQL(c.from_), where=where)
     return await _fetch(pool, query, {**params, "limit": limit, "offset": offset,

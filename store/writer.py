@@ -8,7 +8,12 @@ A batch takes one of two paths:
   COPYed (binary) straight into ``readings``; the primary key ``(sensor_id, time)``
   rejects the whole COPY if any row is already there. All rows being new, ``latest``
   and the rollups are upserted from a :class:`Summary` of the batch computed in Python
-  (one small row per sensor and per sensor-minute/hour instead of a pass over every row).
+  (one small row per sensor and per sensor-minute/hour instead of a pass over every
+  row), which is COPYed into temporary tables first.
+
+:func:`prepare_rows` does all the Python work of a batch (the binary COPY data and the
+summary) without touching the database, so an ingest worker runs it for the next batch
+while PostgreSQL still writes this one; :meth:`ReadingWriter.write` then only sends bytes.
 * **Safe path**, after a conflict (a redelivery, or a duplicate inside the batch): the
   transaction is rolled back and the rows are COPYed into a temporary stage, moved into
   ``readings`` with ``ON CONFLICT DO NOTHING``, and only the rows really inserted
@@ -18,10 +23,11 @@ A batch takes one of two paths:
 
 from __future__ import annotations
 
+import struct
 import threading
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 
 import psycopg
 from psycopg import sql
@@ -36,9 +42,21 @@ _STAGE = """CREATE TEMP TABLE IF NOT EXISTS readings_stage (
                 time timestamptz NOT NULL, sensor_id bigint NOT NULL,
                 value double precision NOT NULL, received_at timestamptz NOT NULL
             ) ON COMMIT DELETE ROWS"""
+_SUMMARY_STAGES = [
+    """CREATE TEMP TABLE IF NOT EXISTS latest_stage (
+           time timestamptz NOT NULL, sensor_id bigint NOT NULL,
+           value double precision NOT NULL, received_at timestamptz NOT NULL
+       ) ON COMMIT DELETE ROWS""",
+    *(f"""CREATE TEMP TABLE IF NOT EXISTS {name} (
+              sensor_id bigint NOT NULL, bucket timestamptz NOT NULL, count bigint NOT NULL,
+              sum double precision NOT NULL, min double precision NOT NULL, max double precision NOT NULL
+          ) ON COMMIT DELETE ROWS""" for name in ("rollup_1m_stage", "rollup_1h_stage")),
+]
 _COPY = "COPY readings_stage (time, sensor_id, value, received_at) FROM STDIN (FORMAT BINARY)"
 _COPY_TYPES = ["timestamptz", "int8", "float8", "timestamptz"]
 _COPY_DIRECT = "COPY readings (time, sensor_id, value, received_at) FROM STDIN (FORMAT BINARY)"
+_COPY_LATEST = "COPY latest_stage (time, sensor_id, value, received_at) FROM STDIN (FORMAT BINARY)"
+_COPY_ROLLUP = "COPY {} (sensor_id, bucket, count, sum, min, max) FROM STDIN (FORMAT BINARY)"
 # After a conflict, this many batches take the safe path before the fast one is tried again.
 SAFE_BATCHES_AFTER_CONFLICT = 8
 
@@ -78,7 +96,7 @@ def _move_statement(with_rollups: bool) -> sql.Composable:
 _UPSERT_LATEST = """
     newest AS (
         INSERT INTO latest AS l (sensor_id, time, value, received_at)
-        SELECT * FROM unnest(%b::int8[], %b::timestamptz[], %b::float8[], %b::timestamptz[]) ORDER BY 1
+        SELECT sensor_id, time, value, received_at FROM latest_stage ORDER BY sensor_id
         ON CONFLICT (sensor_id) DO UPDATE
             SET time = excluded.time, value = excluded.value, received_at = excluded.received_at
             WHERE l.time < excluded.time)"""
@@ -86,8 +104,7 @@ _UPSERT_LATEST = """
 _UPSERT_ROLLUP = """
     {name} AS (
         INSERT INTO {table} AS r (sensor_id, bucket, count, sum, min, max)
-        SELECT * FROM unnest(%b::int8[], %b::timestamptz[], %b::int8[], %b::float8[], %b::float8[], %b::float8[])
-        ORDER BY 1, 2
+        SELECT sensor_id, bucket, count, sum, min, max FROM {stage} ORDER BY 1, 2
         ON CONFLICT (sensor_id, bucket) DO UPDATE
             SET count = r.count + excluded.count, sum = r.sum + excluded.sum,
                 min = least(r.min, excluded.min), max = greatest(r.max, excluded.max))"""
@@ -96,8 +113,9 @@ _UPSERT_ROLLUP = """
 def _summary_statement(with_rollups: bool) -> sql.Composable:
     parts = [sql.SQL(_UPSERT_LATEST)]
     if with_rollups:
-        for name, table in (("m1", "readings_1m"), ("h1", "readings_1h")):
-            parts.append(sql.SQL(_UPSERT_ROLLUP).format(name=sql.Identifier(name), table=sql.Identifier(table)))
+        for name, table, stage in (("m1", "readings_1m", "rollup_1m_stage"), ("h1", "readings_1h", "rollup_1h_stage")):
+            parts.append(sql.SQL(_UPSERT_ROLLUP).format(name=sql.Identifier(name), table=sql.Identifier(table),
+                                                        stage=sql.Identifier(stage)))
     return sql.SQL("WITH ") + sql.SQL(",").join(parts) + sql.SQL(" SELECT 1")
 
 
@@ -167,95 +185,159 @@ def week_starts(times: Iterable[datetime]) -> set[int]:
 
 
 _UTC = timezone.utc
+_PG_EPOCH = datetime(2000, 1, 1, tzinfo=_UTC)
+_MICROSECOND = timedelta(microseconds=1)
+_COPY_HEADER = b"PGCOPY\n\xff\r\n\x00" + struct.pack("!ii", 0, 0)
+_COPY_TRAILER = struct.pack("!h", -1)
+# One row of binary COPY data: the field count, then each field's length and value.
+# (timestamptz, int8, float8, timestamptz): readings and latest_stage.
+_READING_ROW = struct.Struct("!hiqiqidiq")
+# (int8, timestamptz, int8, float8, float8, float8): the rollup stages.
+_ROLLUP_ROW = struct.Struct("!hiqiqiqididid")
 
 
 @dataclass(slots=True)
 class Summary:
-    """What a batch of new rows adds to ``latest`` and the rollups, as column arrays.
+    """What a batch of new rows adds to ``latest`` and the rollups, as binary COPY data.
 
-    ``latest``: sensor_id, time, value, received_at of each sensor's newest row.
-    ``minutes``/``hours``: sensor_id, bucket, count, sum, min, max per sensor and
-    UTC minute/hour.
+    ``latest``: (time, sensor_id, value, received_at) of each sensor's newest row.
+    ``minutes``/``hours``: (sensor_id, bucket, count, sum, min, max) per sensor and UTC minute/hour.
     """
 
-    rows: int
-    latest: tuple[list, list, list, list]
-    minutes: tuple[list, list, list, list, list, list]
-    hours: tuple[list, list, list, list, list, list]
-    weeks: set[int]
+    latest: bytes
+    minutes: bytes
+    hours: bytes
+    weeks: set[int]  # week starts (epoch s) the rows fall in
 
 
-def _columns(groups: dict) -> tuple[list, list, list, list, list, list]:
-    ids, buckets, counts, sums, mins, maxs = [], [], [], [], [], []
+@dataclass(slots=True)
+class PreparedRows:
+    """A batch of rows ready to send: :func:`prepare_rows`."""
+
+    count: int
+    copy_data: bytes  # the rows as binary COPY data (time, sensor_id, value, received_at)
+    summary: Summary | None  # None if a value is NaN: the batch takes the safe path
+
+
+def _micros(t: datetime) -> int:
+    """A timestamptz's binary value: microseconds since 2000-01-01 UTC (aware datetimes only)."""
+    return (t - _PG_EPOCH) // _MICROSECOND
+
+
+def _encode_readings(rows: Iterable[tuple]) -> bytes:
+    """(time, sensor_id, value, received_at) rows as binary COPY data."""
+    pack = _READING_ROW.pack
+    out = [_COPY_HEADER]
+    append = out.append
+    last_t = last_r = None
+    t_us = r_us = 0
+    for t, sensor_id, value, received_at in rows:
+        if t is not last_t:  # a message's readings often share their time and always their received_at
+            last_t, t_us = t, (t - _PG_EPOCH) // _MICROSECOND
+        if received_at is not last_r:
+            last_r, r_us = received_at, (received_at - _PG_EPOCH) // _MICROSECOND
+        append(pack(4, 8, t_us, 8, sensor_id, 8, value, 8, r_us))
+    append(_COPY_TRAILER)
+    return b"".join(out)
+
+
+def _encode_rollups(groups: dict[tuple[int, tuple], list], starts: dict[tuple, int]) -> bytes:
+    pack = _ROLLUP_ROW.pack
+    out = [_COPY_HEADER]
+    append = out.append
     for (sensor_id, bucket), (count, total, lo, hi) in groups.items():
-        ids.append(sensor_id)
-        buckets.append(bucket)
-        counts.append(count)
-        sums.append(float(total))
-        mins.append(float(lo))
-        maxs.append(float(hi))
-    return ids, buckets, counts, sums, mins, maxs
+        append(pack(6, 8, sensor_id, 8, starts[bucket], 8, count, 8, total, 8, lo, 8, hi))
+    append(_COPY_TRAILER)
+    return b"".join(out)
+
+
+def _utc(t: datetime) -> datetime:
+    if t.tzinfo is None:
+        raise TypeError("naive datetime")  # psycopg's business: prepare_rows gives up on the batch
+    return t.astimezone(_UTC)
 
 
 def summarize(rows: Sequence[tuple[datetime, int, float, datetime]]) -> Summary | None:
     """The :class:`Summary` of rows ``(time, sensor_id, value, received_at)``; None if a value is NaN.
 
-    Pure Python and no database, so an ingest worker can compute it while the previous
-    batch is being written. NaN (which SQL orders above every number) is left to SQL.
+    Pure Python and no database. NaN (which SQL orders above every number) is left to SQL.
     """
     latest: dict[int, tuple] = {}
-    minutes: dict[tuple, list] = {}  # (sensor_id, (y, m, d, h), minute) -> [count, sum, min, max]
-    hours: dict[tuple, list] = {}  # (sensor_id, (y, m, d, h)) -> [count, sum, min, max]
-    last_t = hour = minute = t_utc = None
-    for row in rows:
-        t, sensor_id, value = row[0], row[1], row[2]
+    minutes: dict[tuple, list] = {}  # (sensor_id, (y, m, d, h, minute)) -> [count, sum, min, max]
+    last_t = minute = t_utc = None
+    for t, sensor_id, value, received_at in rows:
         if value != value:
             return None
         if t is not last_t:  # the readings of one message often share one time object
             last_t = t
-            t_utc = t if t.tzinfo is _UTC else (t.replace(tzinfo=_UTC) if t.tzinfo is None else t.astimezone(_UTC))
-            hour, minute = (t_utc.year, t_utc.month, t_utc.day, t_utc.hour), t_utc.minute
+            t_utc = t if t.tzinfo is _UTC else _utc(t)
+            minute = (t_utc.year, t_utc.month, t_utc.day, t_utc.hour, t_utc.minute)
         newest = latest.get(sensor_id)
         if newest is None or newest[0] < t_utc:
-            latest[sensor_id] = (t_utc, value, row[3])
-        # Both rollups add the values in row order, as SQL's sum() over the batch does, so the
-        # two write paths give bit-identical sums; and like SQL's min()/max() on float8, a tie
-        # takes the later value (0.0 vs -0.0).
-        key = (sensor_id, hour, minute)
+            latest[sensor_id] = (t_utc, sensor_id, value, received_at)
+        key = (sensor_id, minute)
         agg = minutes.get(key)
         if agg is None:
             minutes[key] = [1, value, value, value]
         else:
+            # Values are added in row order, as SQL's sum() over the batch does, so both write
+            # paths give bit-identical sums; and like SQL's min()/max() on float8, a tie takes
+            # the later value (0.0 vs -0.0).
             agg[0] += 1
             agg[1] += value
             if not agg[2] < value:
                 agg[2] = value
             if not agg[3] > value:
                 agg[3] = value
-        key = (sensor_id, hour)
-        agg = hours.get(key)
-        if agg is None:
-            hours[key] = [1, value, value, value]
+    # An hour's figures from its minutes': exact when the sensor's rows of that hour fall in one
+    # minute (nearly always, in a batch). Otherwise sum, min and max are worked out again from
+    # the rows, in row order (float addition is not associative, nor is a tie of 0.0 and -0.0).
+    hours: dict[tuple, list] = {}
+    spread: set[tuple] = set()
+    for (sensor_id, (y, mo, d, h, _)), agg in minutes.items():
+        key = (sensor_id, (y, mo, d, h))
+        if key in hours:
+            spread.add(key)
+            hours[key][0] += agg[0]
         else:
-            agg[0] += 1
-            agg[1] += value
-            if not agg[2] < value:
-                agg[2] = value
-            if not agg[3] > value:
-                agg[3] = value
-    starts = {hour: datetime(*hour, tzinfo=_UTC) for _, hour in hours}
-    weeks = {int((h.timestamp() - _MONDAY_OFFSET_S) // WEEK_S) * WEEK_S + _MONDAY_OFFSET_S for h in starts.values()}
-    minute_groups = {(sensor_id, starts[hour].replace(minute=m)): agg for (sensor_id, hour, m), agg in minutes.items()}
-    hour_groups = {(sensor_id, starts[hour]): agg for (sensor_id, hour), agg in hours.items()}
-    ids = list(latest)
-    newest_rows = list(latest.values())
-    return Summary(
-        rows=len(rows),
-        latest=(ids, [r[0] for r in newest_rows], [float(r[1]) for r in newest_rows], [r[2] for r in newest_rows]),
-        minutes=_columns(minute_groups),
-        hours=_columns(hour_groups),
-        weeks=weeks,
-    )
+            hours[key] = agg[:]
+    if spread:
+        exact: dict[tuple, list] = {}
+        last_t = hour = None
+        for t, sensor_id, value, _ in rows:
+            if t is not last_t:
+                last_t = t
+                t_utc = t if t.tzinfo is _UTC else _utc(t)
+                hour = (t_utc.year, t_utc.month, t_utc.day, t_utc.hour)
+            key = (sensor_id, hour)
+            if key in spread:
+                agg = exact.get(key)
+                if agg is None:
+                    exact[key] = [value, value, value]
+                else:
+                    agg[0] += value
+                    if not agg[1] < value:
+                        agg[1] = value
+                    if not agg[2] > value:
+                        agg[2] = value
+        for key, (total, lo, hi) in exact.items():
+            hours[key][1:] = [total, lo, hi]
+    hour_starts = {hour: datetime(*hour, tzinfo=_UTC) for _, hour in hours}
+    weeks = {int((h.timestamp() - _MONDAY_OFFSET_S) // WEEK_S) * WEEK_S + _MONDAY_OFFSET_S
+             for h in hour_starts.values()}
+    starts = {hour: _micros(start) for hour, start in hour_starts.items()}
+    starts.update({m: _micros(hour_starts[m[:4]].replace(minute=m[4])) for m in {m for _, m in minutes}})
+    return Summary(latest=_encode_readings(latest.values()), minutes=_encode_rollups(minutes, starts),
+                   hours=_encode_rollups(hours, starts), weeks=weeks)
+
+
+def prepare_rows(rows: Sequence[tuple[datetime, int, float, datetime]]) -> PreparedRows | None:
+    """The binary COPY data and summary of a batch; None if a row is not plain (aware
+    datetimes, int sensor id, float value), in which case psycopg adapts the rows as before."""
+    try:
+        return PreparedRows(len(rows), _encode_readings(rows), summarize(rows))
+    except (TypeError, ValueError, OverflowError, struct.error):
+        return None
 
 
 def _lookup_devices(conn: psycopg.Connection, keys: Sequence[tuple[str, str]]) -> dict[tuple[str, str], DeviceRef]:
@@ -328,6 +410,8 @@ class ReadingWriter:
             self.close()
             conn = connect(self._url, application_name=self._application_name)
             conn.execute(_STAGE)
+            for statement in _SUMMARY_STAGES:
+                conn.execute(statement)
             self.timescaledb = has_timescaledb(conn)
             conn.commit()
             self._move = _move_statement(with_rollups=not self.timescaledb)
@@ -353,8 +437,11 @@ class ReadingWriter:
         return _lookup_devices(self._connection(), keys)
 
     def _ensure_partitions(self, conn: psycopg.Connection, rows: Sequence[tuple],
-                           summary: Summary | None = None) -> None:
-        weeks = summary.weeks if summary is not None else week_starts(r[0] for r in rows)
+                           prepared: PreparedRows | None) -> None:
+        if prepared is not None and prepared.summary is not None:
+            weeks = prepared.summary.weeks
+        else:
+            weeks = week_starts(r[0] for r in rows)
         missing = weeks - self._weeks_ready
         if not missing:
             return
@@ -365,32 +452,33 @@ class ReadingWriter:
 
     def write(self, rows: Sequence[tuple[datetime, int, float, datetime]], *,
               dead_letters: Sequence[DeadLetter] = (), pending: Sequence[PendingDevice] = (),
-              summary: Summary | None = None) -> int:
+              prepared: PreparedRows | None = None) -> int:
         """Store one batch in one transaction; returns how many readings were new.
 
-        ``summary`` is ``summarize(rows)`` if the caller has already computed it.
+        ``prepared`` is ``prepare_rows(rows)`` if the caller has already computed it.
         """
-        if rows and (summary is None or summary.rows != len(rows)):
-            summary = summarize(rows)
+        if rows and (prepared is None or prepared.count != len(rows)):
+            prepared = prepare_rows(rows)
         try:
-            return self._write(rows, dead_letters, pending, summary)
+            return self._write(rows, dead_letters, pending, prepared)
         except psycopg.errors.CheckViolation:
             if self.timescaledb or not self._weeks_ready:
                 raise
             # A partition we knew of was dropped (retention): look again.
             self._weeks_ready.clear()
-            return self._write(rows, dead_letters, pending, summary)
+            return self._write(rows, dead_letters, pending, prepared)
 
-    def _write(self, rows, dead_letters, pending, summary: Summary | None) -> int:
+    def _write(self, rows, dead_letters, pending, prepared: PreparedRows | None) -> int:
         conn = self._connection()
         try:
             inserted = 0
             if rows and not self.timescaledb:
-                self._ensure_partitions(conn, rows, summary)
-            fast = bool(rows) and summary is not None and self._safe_batches == 0
+                self._ensure_partitions(conn, rows, prepared)
+            fast = bool(rows) and prepared is not None and prepared.summary is not None \
+                and self._safe_batches == 0
             if fast:
                 try:
-                    inserted = self._insert_new(conn, rows, summary)
+                    inserted = self._insert_new(conn, prepared)
                 except psycopg.errors.UniqueViolation:
                     # Some row is stored already (a redelivery) or twice in the batch.
                     conn.rollback()
@@ -400,7 +488,7 @@ class ReadingWriter:
                 self._safe_batches -= 1
             with conn.cursor() as cur:
                 if rows and not fast:
-                    inserted = self._insert_missing(cur, rows)
+                    inserted = self._insert_missing(cur, rows, prepared)
                 if dead_letters:
                     cur.executemany(_DEAD_LETTER, [
                         (d.digest, d.topic, d.vendor_code, d.device_ext_id, d.reason_code, d.reason,
@@ -425,24 +513,28 @@ class ReadingWriter:
                     self.close()
             raise
 
-    def _insert_new(self, conn: psycopg.Connection, rows, summary: Summary) -> int:
+    def _insert_new(self, conn: psycopg.Connection, prepared: PreparedRows) -> int:
         """Fast path: every row must be new; raises UniqueViolation (transaction aborted) otherwise."""
+        summary = prepared.summary
         with conn.cursor() as cur:
             with cur.copy(_COPY_DIRECT) as copy:
-                copy.set_types(_COPY_TYPES)
-                write_row = copy.write_row
-                for row in rows:
-                    write_row(row)
-            params = [*summary.latest]
+                copy.write(prepared.copy_data)
+            with cur.copy(_COPY_LATEST) as copy:
+                copy.write(summary.latest)
             if not self.timescaledb:
-                params += [*summary.minutes, *summary.hours]
-            cur.execute(self._summary_sql, params)
-        return len(rows)
+                for stage, data in (("rollup_1m_stage", summary.minutes), ("rollup_1h_stage", summary.hours)):
+                    with cur.copy(_COPY_ROLLUP.format(stage)) as copy:
+                        copy.write(data)
+            cur.execute(self._summary_sql)
+        return prepared.count
 
-    def _insert_missing(self, cur: psycopg.Cursor, rows) -> int:
+    def _insert_missing(self, cur: psycopg.Cursor, rows, prepared: PreparedRows | None) -> int:
         """Safe path: insert what is not stored yet; only that feeds latest and the rollups."""
         with cur.copy(_COPY) as copy:
-            copy.set_types(_COPY_TYPES)
-            for row in rows:
-                copy.write_row(row)
+            if prepared is not None:
+                copy.write(prepared.copy_data)
+            else:
+                copy.set_types(_COPY_TYPES)
+                for row in rows:
+                    copy.write_row(row)
         return cur.execute(self._move).fetchone()[0]

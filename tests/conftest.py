@@ -13,7 +13,7 @@ import pytest
 from cimtwin.settings import Settings
 from cimtwin.store.migrate import migrate
 
-from .helpers import ApiServer, Broker, IngestProcess, Publisher, clear_mqtt_session
+from .helpers import ApiServer, Broker, IngestProcess, Publisher, clear_mqtt_session, create_database
 
 # One database per pytest process, so concurrent runs never share or drop each other's.
 TEST_DB = os.environ.get("CIMTWIN_TEST_DATABASE", f"cimtwin_test_{os.getpid()}")
@@ -45,9 +45,7 @@ def base_settings(broker: Broker) -> Settings:
 def database_url(base_settings: Settings) -> str:
     """A fresh database from the bootstrap's template, with every migration applied."""
     admin = _with_db(base_settings.database_url, "postgres")
-    with psycopg.connect(admin, autocommit=True) as conn:
-        conn.execute(f'DROP DATABASE IF EXISTS "{TEST_DB}" WITH (FORCE)')
-        conn.execute(f'CREATE DATABASE "{TEST_DB}" TEMPLATE cimtwin_template')
+    create_database(admin, TEST_DB)
     url = _with_db(base_settings.database_url, TEST_DB)
     migrate(url)
     yield url

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import httpx
 import paho.mqtt.client as mqtt
+import psycopg
 from paho.mqtt.enums import CallbackAPIVersion
 
 from cimtwin.ingest.worker import connect_properties
@@ -32,6 +33,24 @@ def wait_for(predicate: Callable[[], object], *, timeout: float, interval: float
             return value
         time.sleep(interval)
     raise AssertionError(f"timed out after {timeout} s {message} (last value: {value!r})")
+
+
+def create_database(admin_url: str, name: str) -> None:
+    """(Re)creates database ``name`` from the bootstrap's template.
+
+    On a TimescaleDB server its background-worker launcher may hold a short-lived
+    connection on the template; the copy is retried for a few seconds.
+    """
+    with psycopg.connect(admin_url, autocommit=True) as conn:
+        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        for attempt in range(20):
+            try:
+                conn.execute(f'CREATE DATABASE "{name}" TEMPLATE cimtwin_template')
+                return
+            except psycopg.errors.ObjectInUse:
+                if attempt == 19:
+                    raise
+                time.sleep(0.5)
 
 
 def free_port() -> int:

@@ -8,15 +8,14 @@ import pytest
 from cimtwin.store.migrate import discover, migrate
 
 from .conftest import _with_db
+from .helpers import create_database
 
 
 @pytest.fixture
 def empty_database(base_settings):
     admin = _with_db(base_settings.database_url, "postgres")
     name = "cimtwin_migrate_check"
-    with psycopg.connect(admin, autocommit=True) as conn:
-        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        conn.execute(f'CREATE DATABASE "{name}" TEMPLATE cimtwin_template')
+    create_database(admin, name)
     yield _with_db(base_settings.database_url, name)
     with psycopg.connect(admin, autocommit=True) as conn:
         conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
@@ -75,3 +74,20 @@ def test_timescaledb_objects(db):
                       "WHERE hypertable_name = 'readings' AND compression_enabled").fetchone()[0] == 1
     assert db.execute("SELECT count(*) FROM timescaledb_information.continuous_aggregates "
                       "WHERE view_name IN ('readings_1m', 'readings_1h')").fetchone()[0] == 2
+
+
+def test_maintain_command_applies_retention(settings, db):
+    """`cimtwin maintain` drops weekly partitions wholly older than CIMTWIN_RETENTION_DAYS."""
+    import subprocess
+    import sys
+
+    from cimtwin.settings import settings_env
+
+    if db.execute("SELECT value FROM cimtwin_meta WHERE key = 'backend'").fetchone()[0] != "plain":
+        pytest.skip("TimescaleDB applies retention with its own policy")
+    db.execute("SELECT cimtwin_ensure_readings_partitions(ARRAY[date_trunc('week', now() - interval '60 days'),"
+               "date_trunc('week', now())]::timestamptz[])")
+    db.execute("INSERT INTO readings VALUES (now() - interval '60 days', 1, 1, now()), (now(), 1, 2, now())")
+    env = settings_env(settings.model_copy(update={"retention_days": 30}))
+    subprocess.run([sys.executable, "-m", "cimtwin.cli", "maintain"], env=env, check=True, timeout=60)
+    assert db.execute("SELECT value FROM readings").fetchall() == [(2.0,)]
