@@ -330,10 +330,9 @@ class Bench:
 
     def setup_database(self) -> None:
         from cimtwin.store.migrate import migrate
+        from tests.helpers import create_database  # drops it first; retries while the template is busy
 
-        with psycopg.connect(self.admin_url, autocommit=True) as admin:
-            admin.execute(f'DROP DATABASE IF EXISTS "{self.args.database}" WITH (FORCE)')
-            admin.execute(f'CREATE DATABASE "{self.args.database}" TEMPLATE cimtwin_template')
+        create_database(self.admin_url, self.args.database)
         report = migrate(self.db_url)
         self.conn = psycopg.connect(self.db_url, autocommit=True, options="-c TimeZone=UTC")
         self.log(f"database {self.args.database} ready ({report.backend})")

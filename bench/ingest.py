@@ -1,60 +1,81 @@
 """End-to-end ingest benchmark: MQTT (QoS 1) → `cimtwin ingest` → PostgreSQL, against its limits.
 
-Run:  .venv/bin/python bench/ingest.py [--messages 200000] [--multi-messages 10000] [--workers 1]
+Run:  .venv/bin/python bench/ingest.py [--messages 200000] [--multi-messages 10000]
+                                       [--naive-messages 10000] [--workers 2] [--wait-idle 300]
 
 It prints a table and, as its last line, one JSON object. It is not a test: it exits 0
-and reports what it measured, whatever that is.
+and reports what it measured, whatever that is. A full run takes about 2-2.5 minutes
+(most of it publishing), plus the wait for an idle machine.
 
 What is measured (all on the same broker, database and machine, in one run)
 ---------------------------------------------------------------------------
-* ``raw_subscriber_msgs_per_s`` (a): a bare paho MQTT 5 subscriber at QoS 1 in its own
-  process; its callback only counts (paho acknowledges each message itself). The
-  receive limit of one Python process.
-* ``raw_copy_rows_per_s`` (b): psycopg binary COPY of exactly the rows the 1-reading
-  messages carry, straight into ``readings`` (primary key ``(sensor_id, time)``),
-  10,000 rows per COPY and transaction. The write limit of one Python process.
+* ``raw_subscriber_msgs_per_s`` (a): a bare ``paho.mqtt.client.Client`` (MQTT 5, QoS 1,
+  persistent session) in its own process; its callback only counts and paho acknowledges
+  each message itself. The receive limit of one Python process *with plain paho*.
+  ``cimtwin ingest`` uses its own paho subclass (``IngestClient``, see
+  ``ingest/worker.py``) that receives several times faster than plain paho, so
+  ``canonical_1_vs_raw_subscriber`` can exceed 1.
+* ``raw_copy_rows_per_s`` (b): psycopg binary COPY (``write_row``, types set) of exactly
+  the rows the 1-reading messages carry, built beforehand, straight into ``readings``
+  (primary key ``(sensor_id, time)``), 10,000 rows per COPY and transaction.
 * ``naive_bridge_readings_per_s`` (c): a paho subscriber that does one INSERT + COMMIT
-  per message in its callback (paho acks when the callback returns, i.e. after
-  COMMIT). Fewer messages, because it is slow.
-* ``canonical_1_readings_per_s``: ``cimtwin ingest`` as a subprocess, 1 reading per
-  message (the same messages as (a)).
-* ``canonical_50_readings_per_s``: ``cimtwin ingest``, canonical messages of 50 readings.
+  per message in its callback (paho acks when the callback returns, i.e. after COMMIT).
+  It gets the first ``--naive-messages`` of the same 1-reading messages, because it is slow.
+* ``canonical_1_readings_per_s``: ``cimtwin ingest`` (one process, the default settings)
+  as a subprocess, 1 reading per message: the same messages as (a).
+* ``canonical_50_readings_per_s``: the same with canonical messages of 50 readings.
+* With ``--workers N`` (N > 1) the two ingest figures are also measured with N worker
+  processes on one ``$share`` subscription (``*_multi`` in the JSON).
+
+Messages: ``cim/v1/bench/s000..s099/up`` carry ``{"readings": [{"channel": "temp",
+"value": …, "time": "<ISO 8601>"}]}`` (about 90 bytes), message i at t0 + i ms;
+``cim/v1/bench/m000..m099/up`` carry a message time and 50 readings ``c00``..``c49``
+(about 1.6 KB). Every reading is a distinct (sensor, time), about an hour in the past.
 
 How rates are measured (why the comparison with (a) is fair)
 ------------------------------------------------------------
 Every consumer drains a backlog that was loaded beforehand, so no publisher competes
-with it for the 2 cores:
+with it for the 2 cores, and all of them face the same broker doing the same work:
 
 1. Each consumer gets its own persistent MQTT session (its own client id, session
-   expiry 600 s), subscribed at QoS 1 and then disconnected.
-2. Paho publisher processes (QoS 1, paced: at most 10,000 unacknowledged publishes per
-   client, far below the 65,535 packet ids) publish the messages; the broker queues
-   them for every offline session. Publishing is finished (all PUBACKs received)
-   before any consumer starts. (a) and canonical_1 get the very same messages from
-   one publish.
-3. The consumer is started; its rate is counted from the first message it receives to
-   the last message received (a) or the last row committed (ingest, naive bridge).
-   Process start-up and connection time are excluded for all of them alike.
-   * (a): first/last ``on_message`` time in the subscriber.
-   * ingest: start = ``min(received_at)`` of the stored rows (paho's receive time of
-     the first message); end = the first poll (every 50 ms) that sees all rows
-     committed. The poll reads the tiny ``readings_1h`` rollup, which the writer
-     updates in the same transaction as ``readings`` (on TimescaleDB it counts
-     ``readings``); afterwards ``count(*) FROM readings`` must equal the rows sent.
-     The ingest figure therefore also includes the last batch's commit latency,
-     which (a) does not have.
+   expiry 600 s), subscribed at QoS 1 to ``cim/v1/bench/+/up`` and then disconnected.
+2. Two paho publisher processes (QoS 1, paced: at most 10,000 unacknowledged publishes
+   per client, far below the 65,535 packet ids) publish the messages; the broker queues
+   them for every offline session. Publishing is over (all PUBACKs received) before any
+   consumer starts. (a) and the ingest runs get the very same messages from one publish.
+3. Then the consumers run one after the other; each rate is counted from the first
+   message the consumer receives to the last message received (a) or the last row
+   committed (ingest, naive bridge). Process start-up and connecting are excluded for
+   all of them alike.
+   * (a): first and last ``on_message`` in the subscriber.
+   * ingest: start = ``min(received_at)`` of the stored rows (paho's receive time of the
+     first message); end = the first poll (every 50 ms) that sees all rows committed.
+     The poll reads the small ``readings_1h`` rollup, which the writer updates in the
+     same transaction as ``readings`` (on TimescaleDB it counts ``readings``);
+     afterwards ``count(*) FROM readings`` must equal the readings sent. So the ingest
+     figure includes filling its batch pipeline at the start and the last batch's
+     COMMIT at the end, which (a) does not have.
    * naive bridge: first message received to last COMMIT, inside the bridge process.
-4. ``readings``, ``latest``, rollups, dead letters are truncated before each write phase.
+4. ``readings``, ``latest``, rollups and dead letters are truncated before each write phase.
 
-The bench creates its own database (``cimtwin_bench``, from TEMPLATE cimtwin_template,
-migrated), its own vendor ``bench`` with devices ``s000``.. (channel ``temp``) and
-``m000``.. (channels ``c00``..``c49``), and uses client ids ``cimtwin-bench-<run>-*``.
-The consumers subscribe only to ``cim/v1/bench/+/up`` (readings) or ``cimtwin-bench/...``
-(nothing else of ours is there). At the end every bench session is ended with
+The machine is shared: the bench first waits (``--wait-idle``, up to 300 s) until other
+processes use less than 30 % of a core and no test, benchmark or build runs, then records
+the CPU that other processes used during each measurement (``other_cpu_pct_of_core``) and
+notes any measurement made under load.
+
+Isolation and clean-up: the bench creates its own database (``cimtwin_bench``, from
+TEMPLATE cimtwin_template, migrated; dropped at the end unless ``--keep-db``), its own
+vendor ``bench`` with devices ``s000``.. (channel ``temp``) and ``m000``.. (channels
+``c00``..``c49``), and uses client ids ``cimtwin-bench-<run>-*``. Its consumers subscribe
+only to ``cim/v1/bench/+/up``. At the end every bench session is ended with
 clean_start=True and SessionExpiryInterval 0, so the broker stops queueing for it.
-Caveat: a *foreign* subscriber to the wildcard ``cim/v1/+/+/up`` (e.g. a test's ingest
-worker running at the same time) also receives the bench's readings; run the bench
-when no tests are running, and on an otherwise idle machine.
+Caveat: any *other* subscriber to the wildcard ``cim/v1/+/+/up`` (a test's ingest worker,
+a forgotten persistent session) also receives, and may queue, the bench's messages; the
+bench reports the broker's subscriptions and offline clients before it starts.
+
+Other options: ``--phases`` (a subset of single,multi,copy,naive), ``--profile-dir``
+(py-spy samples of the consumers), ``--ingest-pythonpath`` (run ``cimtwin ingest`` from
+another ``cimtwin`` package tree, e.g. the code before a change, for a before/after).
 """
 
 from __future__ import annotations
@@ -352,6 +373,35 @@ class Bench:
         self.watch = LoadWatch(args.database, self.port)
         self.load: dict[str, float] = {}  # other processes' CPU (% of a core) during each measurement
 
+    def foreign_sessions(self) -> None:
+        """Notes other subscriptions on the broker: one matching cim/v1/+/+/up (a test's worker, a
+        forgotten persistent session) also gets, and may queue, every message the bench publishes."""
+        mqtt, CallbackAPIVersion = _mqtt()
+        seen: dict[str, str] = {}
+        client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=self.cid("sys"), protocol=mqtt.MQTTv5)
+        client.on_message = lambda c, u, m: seen.__setitem__(m.topic, m.payload.decode(errors="replace"))
+        client.on_connect = lambda c, *a: c.subscribe([("$SYS/broker/subscriptions/count", 0),
+                                                       ("$SYS/broker/clients/disconnected", 0),
+                                                       ("$SYS/broker/store/messages/count", 0)])
+        try:
+            client.connect(self.host, self.port)
+            client.loop_start()
+            deadline = time.monotonic() + 2
+            while len(seen) < 3 and time.monotonic() < deadline:
+                time.sleep(0.05)
+            client.disconnect()
+            client.loop_stop()
+        except OSError:
+            return
+        subs = int(seen.get("$SYS/broker/subscriptions/count", "0") or 0)
+        offline = int(seen.get("$SYS/broker/clients/disconnected", "0") or 0)
+        stored = int(seen.get("$SYS/broker/store/messages/count", "0") or 0)
+        self.results["broker_before"] = {"subscriptions": subs, "offline_clients": offline, "stored_messages": stored}
+        if subs or offline:
+            self.notes.append(f"the broker already had {subs} subscription(s) and {offline} offline client(s) "
+                              f"holding {stored} stored messages before the bench; a subscriber to "
+                              f"cim/v1/+/+/up among them also receives the bench's messages")
+
     def wait_idle(self) -> None:
         """Waits (up to --wait-idle s) until other processes use < 30 % of a core and no test,
         benchmark or build runs, so that the figures are this machine's, not a shared one's."""
@@ -532,9 +582,13 @@ class Bench:
         from cimtwin.settings import settings_env
         settings = self.ingest_settings(client_id, workers)
         self.truncate()
-        proc = subprocess.Popen([sys.executable, "-m", "cimtwin.cli", "ingest"], env=settings_env(settings),
-                                cwd=ROOT, start_new_session=True, stdout=subprocess.DEVNULL,
-                                stderr=subprocess.PIPE, text=True)
+        env = settings_env(settings)
+        if self.args.ingest_pythonpath:  # measure another tree, e.g. the code before a change
+            env["PYTHONPATH"] = os.pathsep.join(filter(None, [self.args.ingest_pythonpath, env.get("PYTHONPATH")]))
+        # (-m puts the working directory first on sys.path: run elsewhere to measure another tree)
+        proc = subprocess.Popen([sys.executable, "-m", "cimtwin.cli", "ingest"], env=env,
+                                cwd=self.args.ingest_pythonpath or ROOT, start_new_session=True,
+                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
         self.children.append(proc)
         spy = self.profile(proc.pid, f"ingest-{client_id.rsplit('-', 1)[-1]}")
         deadline = time.monotonic() + self.args.drain_timeout
@@ -628,6 +682,7 @@ class Bench:
         phases = set(a.phases.split(","))
         if a.wait_idle > 0:
             self.wait_idle()
+        self.foreign_sessions()
         started = time.monotonic()
         self.setup_database()
         res = self.results
@@ -718,6 +773,12 @@ def report(bench: Bench) -> None:
         ]
     print(f"\ningest benchmark ({os.cpu_count()} cores; broker {bench.host}:{bench.port}; "
           f"database {a.database}, {'TimescaleDB' if bench.timescaledb else 'plain PostgreSQL'})")
+    if a.ingest_pythonpath:
+        print(f"cimtwin ingest from PYTHONPATH={a.ingest_pythonpath}")
+    if "broker_before" in r:
+        b = r["broker_before"]
+        print(f"broker before the bench: {b['subscriptions']} subscription(s), {b['offline_clients']} offline "
+              f"client(s), {b['stored_messages']} stored messages")
     print(f"{'measurement':<52} {'count':>9} {'rate':>12}  unit")
     print("-" * 88)
     for name, count, unit, value in lines:
@@ -757,6 +818,7 @@ def report(bench: Bench) -> None:
         "copy_rows": r.get("copy", {}).get("rows"),
         "bench_seconds": round(r.get("total_s", 0), 1),
         "other_cpu_pct_of_core": bench.load,
+        "ingest_pythonpath": a.ingest_pythonpath,
     }
     if a.workers > 1:
         out["canonical_1_readings_per_s_multi"] = round(c1w)
@@ -774,13 +836,16 @@ def main() -> None:
     p.add_argument("--messages", type=int, default=200_000, help="1-reading messages for (a), (b) and ingest")
     p.add_argument("--multi-messages", type=int, default=10_000, help="50-reading messages")
     p.add_argument("--naive-messages", type=int, default=10_000, help="messages for the naive bridge (c)")
-    p.add_argument("--workers", type=int, default=1, help="also run ingest with this many $share processes")
+    p.add_argument("--workers", type=int, default=2,
+                   help="also run ingest with this many $share processes (1: only the single process)")
     p.add_argument("--publishers", type=int, default=2, help="paho publisher processes")
     p.add_argument("--drain-timeout", type=float, default=120.0)
     p.add_argument("--database", default="cimtwin_bench")
     p.add_argument("--keep-db", action="store_true")
     p.add_argument("--wait-idle", type=float, default=300.0,
                    help="first wait up to this many seconds for other busy processes to finish (0: don't)")
+    p.add_argument("--ingest-pythonpath", help="run `cimtwin ingest` with this PYTHONPATH first (a folder "
+                   "holding another `cimtwin` package tree), to compare with the code before a change")
     p.add_argument("--phases", default="single,multi,copy,naive",
                    help="comma-separated subset of single,multi,copy,naive (all by default)")
     p.add_argument("--profile-dir", help="sample the consumers with py-spy (raw stacks) into this folder")

@@ -7,8 +7,8 @@ Built-in formats and (later) declared vendor profiles sit behind the one
 from __future__ import annotations
 
 import logging
-from datetime import datetime
 from collections.abc import Callable
+from datetime import datetime
 from typing import Annotated, Any, NamedTuple, Protocol
 
 from pydantic import BaseModel, ConfigDict, TypeAdapter, ValidationError

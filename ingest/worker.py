@@ -501,6 +501,12 @@ class IngestWorker:
         prepare_thread = threading.Thread(target=self._prepare_loop, name="ingest-prepare", daemon=True)
         prepare_thread.start()
         log.info("ingest worker %s started (topics: %s)", self.client_id, ", ".join(self._subscriptions()))
+        if s.ingest_receive_maximum < 3 * s.ingest_batch_max_messages:
+            # One batch is committed, one prepared and one collected at a time; with a smaller
+            # window the broker stops sending before the next batch can fill.
+            log.warning("CIMTWIN_INGEST_RECEIVE_MAXIMUM (%d) is below 3 x CIMTWIN_INGEST_BATCH_MAX_MESSAGES "
+                        "(%d): batches will be cut by time, not size", s.ingest_receive_maximum,
+                        s.ingest_batch_max_messages)
         try:
             while not self._stop.is_set():
                 try:

@@ -10,15 +10,17 @@ A batch takes one of two paths:
   and the rollups are upserted from a :class:`Summary` of the batch computed in Python
   (one small row per sensor and per sensor-minute/hour instead of a pass over every
   row), which is COPYed into temporary tables first.
-
-:func:`prepare_rows` does all the Python work of a batch (the binary COPY data and the
-summary) without touching the database, so an ingest worker runs it for the next batch
-while PostgreSQL still writes this one; :meth:`ReadingWriter.write` then only sends bytes.
 * **Safe path**, after a conflict (a redelivery, or a duplicate inside the batch): the
   transaction is rolled back and the rows are COPYed into a temporary stage, moved into
   ``readings`` with ``ON CONFLICT DO NOTHING``, and only the rows really inserted
   (``RETURNING``) feed ``latest`` and the rollups. After a conflict the next few
-  batches go this way directly, since redeliveries come in runs.
+  batches go this way directly, since redeliveries come in runs. A batch with a NaN
+  value goes this way too.
+
+Both paths store the same rows and give bit-identical ``latest`` and rollup rows.
+:func:`prepare_rows` does all the Python work of a batch (the binary COPY data and the
+summary) without touching the database, so an ingest worker runs it for the next batch
+while PostgreSQL still writes this one; :meth:`ReadingWriter.write` then mostly sends bytes.
 """
 
 from __future__ import annotations
@@ -113,7 +115,8 @@ _UPSERT_ROLLUP = """
 def _summary_statement(with_rollups: bool) -> sql.Composable:
     parts = [sql.SQL(_UPSERT_LATEST)]
     if with_rollups:
-        for name, table, stage in (("m1", "readings_1m", "rollup_1m_stage"), ("h1", "readings_1h", "rollup_1h_stage")):
+        for name, table, stage in (("m1", "readings_1m", "rollup_1m_stage"),
+                                   ("h1", "readings_1h", "rollup_1h_stage")):
             parts.append(sql.SQL(_UPSERT_ROLLUP).format(name=sql.Identifier(name), table=sql.Identifier(table),
                                                         stage=sql.Identifier(stage)))
     return sql.SQL("WITH ") + sql.SQL(",").join(parts) + sql.SQL(" SELECT 1")
