@@ -15,8 +15,11 @@ from functools import lru_cache
 from pathlib import Path
 
 import geopandas as gpd
+import pytest
 import shapely
 from shapely.geometry import MultiPolygon, Point, box
+
+from .helpers import ApiServer
 
 BUILDINGS_FILE = "shanghai_huangpu_lujiazui_osm_buildings.geojson"
 N_BUILDINGS = 400
@@ -138,3 +141,24 @@ def seed(db) -> Seeded:
         db.execute("INSERT INTO latest (sensor_id, time, value, received_at) VALUES (%s, %s, %s, %s)",
                    (out.sensor_ids[name], t, value, t))
     return out
+
+
+# Fixtures shared by the OGC and tile tests: one API server per module, data seeded per test.
+@pytest.fixture
+def world(db):
+    return seed(db)
+
+
+@pytest.fixture(scope="module")
+def server(base_settings, database_url):
+    """One `cimtwin serve` for the module; `db` empties the tables before each test."""
+    srv = ApiServer(base_settings.model_copy(update={"database_url": database_url}))
+    srv.start()
+    yield srv
+    srv.stop()
+
+
+@pytest.fixture
+def api(server, world):
+    """The module's API server, with this test's data seeded (overrides conftest's per-test server)."""
+    return server

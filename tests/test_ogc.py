@@ -18,8 +18,7 @@ from shapely.geometry import box, shape
 
 from cimtwin.geo.crs import wgs84_to_gcj02
 
-from .blockdata import seed
-from .helpers import ApiServer
+from .blockdata import api, server, world  # noqa: F401  (fixtures)
 
 CRS84 = "http://www.opengis.net/def/crs/OGC/1.3/CRS84"
 GCJ02 = "urn:cimtwin:crs:gcj02"
@@ -30,26 +29,6 @@ BOX = (121.495, 31.235, 121.505, 31.242)
 
 def epsg(code: int) -> str:
     return f"http://www.opengis.net/def/crs/EPSG/0/{code}"
-
-
-@pytest.fixture
-def world(db):
-    return seed(db)
-
-
-@pytest.fixture(scope="module")
-def server(base_settings, database_url):
-    """One `cimtwin serve` for the module; `db` empties the tables before each test."""
-    srv = ApiServer(base_settings.model_copy(update={"database_url": database_url}))
-    srv.start()
-    yield srv
-    srv.stop()
-
-
-@pytest.fixture
-def api(server, world):
-    """The module's API server, with this test's data seeded (overrides conftest's per-test server)."""
-    return server
 
 
 def ogrinfo(*args: str) -> str:

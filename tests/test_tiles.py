@@ -17,31 +17,11 @@ from pyproj import Transformer
 from shapely import wkt as shapely_wkt
 from shapely.geometry import box
 
-from .blockdata import seed
+from .blockdata import api, server, world  # noqa: F401  (fixtures)
 from .helpers import ApiServer
 
 WORLD = 20037508.342789244
 CENTRE = (121.5005, 31.2375)  # Lujiazui, inside the seeded data
-
-
-@pytest.fixture
-def world(db):
-    return seed(db)
-
-
-@pytest.fixture(scope="module")
-def server(base_settings, database_url):
-    """One `cimtwin serve` for the module; `db` empties the tables before each test."""
-    srv = ApiServer(base_settings.model_copy(update={"database_url": database_url}))
-    srv.start()
-    yield srv
-    srv.stop()
-
-
-@pytest.fixture
-def api(server, world):
-    """The module's API server, with this test's data seeded (overrides conftest's per-test server)."""
-    return server
 
 
 def tile_at(lon: float, lat: float, z: int) -> tuple[int, int, int]:
