@@ -98,6 +98,7 @@ import pyproj  # noqa: E402
 import shapely  # noqa: E402
 
 from cimtwin.settings import Settings  # noqa: E402
+from proc_load import HEAVY_NAMES, proc_table  # noqa: E402  (bench/ is the script's folder)
 
 BUILDINGS_FILE = "shanghai_huangpu_lujiazui_osm_buildings.geojson"
 GRID_COLUMNS = 10
@@ -106,41 +107,23 @@ POLYGON_TARGET = 500
 BBOX_TARGET = 1200
 WARMUP = 20
 MIN_SAMPLES = 100
-HEAVY_NAMES = ("pytest", "bench/", "cc1", "cc1plus", "gcc", "g++", "clang", "rustc", "cargo", "ld.lld", "make",
-               "ninja", "pip install", "mypy", "ruff")
 
 
 # --- load on the machine ---------------------------------------------------------------------------
 
-def _proc_table() -> dict[int, tuple[int, str]]:
-    """pid → (utime + stime ticks, command line) of every process."""
-    out = {}
-    for name in os.listdir("/proc"):
-        if not name.isdigit():
-            continue
-        try:
-            with open(f"/proc/{name}/stat") as f:
-                stat = f.read()
-            with open(f"/proc/{name}/cmdline", "rb") as f:
-                cmd = f.read().replace(b"\0", b" ").decode(errors="replace").strip()
-        except OSError:
-            continue
-        rest = stat[stat.rindex(")") + 2:].split()
-        out[int(name)] = (int(rest[11]) + int(rest[12]), cmd or stat[stat.index("(") + 1:stat.rindex(")")])
-    return out
 
 
 def _sample(seconds: float) -> tuple[float, float, list[tuple[float, int, str]]]:
     """(start, end, [(cpu % of one core, pid, cmd)]) of every process that used the CPU in
     the next ``seconds``; times are time.monotonic()."""
     hz = os.sysconf("SC_CLK_TCK")
-    a = _proc_table()
+    a = proc_table()
     t0 = time.monotonic()
     time.sleep(seconds)
-    b = _proc_table()
+    b = proc_table()
     t1 = time.monotonic()
     used = [(100.0 * (ticks - a[pid][0]) / hz / (t1 - t0), pid, cmd[:100])
-            for pid, (ticks, cmd) in b.items() if pid in a and ticks > a[pid][0]]
+            for pid, (ticks, _, cmd) in b.items() if pid in a and ticks > a[pid][0]]
     return t0, t1, used
 
 

@@ -94,6 +94,8 @@ from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
+from proc_load import HEAVY_NAMES, proc_table  # bench/ is the script's folder
+
 ROOT = Path(__file__).resolve().parent.parent
 VENDOR = "bench"
 SINGLE_DEVICES = 100
@@ -105,27 +107,8 @@ MAX_UNACKED = 10_000  # per paho publisher client; paho's packet ids are 16-bit
 
 # --- load on the machine -------------------------------------------------------------------------
 
-HEAVY_NAMES = ("pytest", "bench/", "cc1", "gcc", "g++", "clang", "rustc", "cargo", "make", "ninja",
-               "pip install", "mypy", "ruff", "apt", "dpkg")
 
 
-def _proc_table() -> dict[int, tuple[int, int, str]]:
-    """pid → (utime + stime ticks, parent pid, command line) of every process."""
-    out = {}
-    for name in os.listdir("/proc"):
-        if not name.isdigit():
-            continue
-        try:
-            with open(f"/proc/{name}/stat") as f:
-                stat = f.read()
-            with open(f"/proc/{name}/cmdline", "rb") as f:
-                cmd = f.read().replace(b"\0", b" ").decode(errors="replace").strip()
-        except OSError:
-            continue
-        rest = stat[stat.rindex(")") + 2:].split()
-        out[int(name)] = (int(rest[11]) + int(rest[12]), int(rest[1]),
-                          cmd or stat[stat.index("(") + 1:stat.rindex(")")])
-    return out
 
 
 class LoadWatch:
@@ -152,12 +135,12 @@ class LoadWatch:
         return False
 
     def mark(self) -> None:
-        self._last = (time.monotonic(), _proc_table())
+        self._last = (time.monotonic(), proc_table())
 
     def since_mark(self) -> tuple[float, list[tuple[float, int, str]]]:
         """(other processes' CPU since mark() in % of one core, [(cpu %, pid, cmd) of the busy ones])."""
         t0, a = self._last
-        b = _proc_table()
+        b = proc_table()
         dt = max(time.monotonic() - t0, 1e-3)
         total, busy = 0.0, []
         for pid, (ticks, _, cmd) in b.items():
