@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from contextlib import asynccontextmanager
 
-from fastapi import FastAPI, Request
+from fastapi import Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 
@@ -14,7 +14,9 @@ from cimtwin.ingest.status import StatusBoard
 from cimtwin.settings import Settings, get_settings
 from cimtwin.store.db import open_async_pool
 
-from .routers import blocks, health, ogc, readings, registry, schemas, spatial, tiles
+from .auth import ANY_ROLE, READERS, KeyCache, require
+from .routers import (access, blocks, health, mqtt_credentials, ogc, onboarding, readings, registry, schemas, spatial,
+                      tiles)
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
@@ -38,7 +40,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     @app.exception_handler(CimtwinError)
     async def domain_error(request: Request, exc: CimtwinError) -> JSONResponse:
-        return JSONResponse({"error": exc.code, "detail": exc.detail, **exc.extra}, status_code=exc.status_code)
+        return JSONResponse({"error": exc.code, "detail": exc.detail, **exc.extra}, status_code=exc.status_code,
+                            headers=exc.headers or None)
 
     @app.exception_handler(RequestValidationError)
     async def invalid_request(request: Request, exc: RequestValidationError) -> JSONResponse:
@@ -49,8 +52,19 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         return JSONResponse({"error": "invalid_request", "detail": "; ".join(parts),
                              "errors": jsonable_errors(exc.errors())}, status_code=422)
 
-    for module in (health, registry, readings, schemas, ogc, tiles, blocks, spatial):
+    # Access (README, "Access"): /health, /schemas and the API docs are public; every other router
+    # needs a key. Routers that mix roles narrow them per route, and vendor keys are scoped in the
+    # store queries. A route added without its own requirement still needs some valid key.
+    app.state.key_cache = KeyCache()
+    for module in (health, schemas):
         app.include_router(module.router)
+    for module in (registry, readings, blocks):
+        app.include_router(module.router, dependencies=[Depends(require(*ANY_ROLE))])
+    for module in (ogc, tiles, spatial):
+        app.include_router(module.router, dependencies=[Depends(require(*READERS))])
+    app.include_router(access.router)
+    app.include_router(mqtt_credentials.router)  # admin, or a vendor key for its own vendor
+    app.include_router(onboarding.router)  # roles per route; a vendor key only for its own vendor
     return app
 
 

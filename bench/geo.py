@@ -38,19 +38,30 @@ Queries (one seeded query set per data set, shared by PostGIS and the STRtree)
 
 Figures (milliseconds; p50 and p95; warm-up requests are not timed)
 --------------------------------------------------------------------
-* ``*_http_*``: the whole request through ``cimtwin serve`` (httpx, keep-alive, body read).
+* ``*_http_*``: the whole request through ``cimtwin serve`` (httpx, keep-alive, body read);
+  ``polygon_500_post_http`` is the same polygons sent to ``POST /spatial/buildings/search``.
 * ``*_sql_*``: the store function the endpoint calls, on an async psycopg pool like the
-  API's: ``store.blocks.query_features`` (all columns, GeoJSON geometries);
+  API's: ``store.blocks.feature_page`` (each feature's GeoJSON geometry and properties
+  written by PostgreSQL; with ``point``, geodesic distances and the order by them);
   ``store.ogc.count_items`` + ``store.ogc.items``; ``store.tiles.tile`` (the ST_AsMVT query
   alone; the ETag fingerprint query is ``tile_z*_fingerprint_*``).
-* ``*_sqlids_*``: "the query itself": the endpoint's own predicate, returning ids only
-  (``ST_Intersects``; ``ST_DWithin`` on geography; the KNN ``<->`` on geography then the
-  exact distance, as ``query_features`` does), over one synchronous connection.
+* ``*_sqlids_*``: "the query itself", the same work as the STRtree's (an index lookup and
+  the exact predicate, ids only): the endpoint's own predicate from
+  ``store.blocks.matching_ids_sql``, over one synchronous connection. Polygon:
+  ``ST_Intersects``. Within 200 m: the geography index's candidates, most settled by a
+  planar test in scaled lon/lat (``geo/dwithin.py``), the rest by the exact geodesic test.
+  Nearest 10: the exact 10 nearest, ranked by geodesic distance (which the STRtree's
+  answer is too, in its projection). The endpoint's full query also computes each
+  result's geodesic distance and orders by it: that is in ``*_sql_*``, not here.
 * ``*_sqlserver_*``, ``*_sqlexec_*``: the same id-only query, timed by PostgreSQL itself
   (planning + execution, and execution alone, from ``EXPLAIN (ANALYZE, TIMING OFF, SUMMARY
   ON)``): the query without the round trip. (The API's pooled connections prepare statements
   that repeat, so it mostly skips planning.)
+  ``*_geogonly_sqlexec_*``: for comparison, the predicates used before the planar band and
+  the two-step nearest (``ST_DWithin`` on geography for every candidate; KNN on the
+  geography index, exact distances of the first 36).
   ``roundtrip_select1_*`` (``SELECT 1``) is the round-trip floor under every client figure.
+  The bench's connection, like the API's pool, runs without parallel plans.
 * ``strtree_*``: a shapely 2 STRtree in memory, built once over the same geometries read
   back from PostGIS: ``tree.query(polygon, predicate='intersects')`` in lon/lat (the same
   planar predicate PostGIS uses on geometry); distances in metres in a transverse Mercator
@@ -82,6 +93,7 @@ import asyncio
 import json
 import math
 import os
+import secrets
 import sys
 import time
 from dataclasses import dataclass, field
@@ -96,6 +108,7 @@ import numpy as np  # noqa: E402
 import psycopg  # noqa: E402
 import pyproj  # noqa: E402
 import shapely  # noqa: E402
+from pydantic import SecretStr  # noqa: E402
 
 from cimtwin.settings import Settings  # noqa: E402
 from proc_load import HEAVY_NAMES, proc_table  # noqa: E402  (bench/ is the script's folder)
@@ -265,7 +278,9 @@ class Bench:
         parts = urlsplit(base.database_url)
         self.admin_url = urlunsplit(parts._replace(path="/postgres"))
         self.db_url = urlunsplit(parts._replace(path=f"/{args.database}"))
-        self.settings = base.model_copy(update={"database_url": self.db_url})
+        # The API wants a key: the server accepts this one as admin, and ApiServer's client sends it.
+        key = base.admin_api_key or SecretStr(secrets.token_urlsafe(24))
+        self.settings = base.model_copy(update={"database_url": self.db_url, "admin_api_key": key})
         self.rng = np.random.default_rng(args.seed)
         self.results: dict[str, dict] = {}     # figure key → stats
         self.extra: dict = {}                  # other JSON members
@@ -317,7 +332,9 @@ class Bench:
 
         create_database(self.admin_url, self.args.database)
         report = migrate(self.db_url)
-        self.conn = psycopg.connect(self.db_url, autocommit=True, options="-c TimeZone=UTC")
+        # Like the API's pool: no parallel plans (store.db.open_async_pool).
+        self.conn = psycopg.connect(self.db_url, autocommit=True,
+                                    options="-c TimeZone=UTC -c max_parallel_workers_per_gather=0")
         self.log(f"database {self.args.database} ready ({report.backend})")
 
     def load_real(self) -> int:
@@ -544,13 +561,14 @@ class Bench:
                                  params).fetchone()[0][0]
         return (plan["Planning Time"] + plan["Execution Time"]) / 1000.0, plan["Execution Time"] / 1000.0
 
-    def server_timed(self, key: str, items: list, query: str, params_of) -> None:
-        """Records ``<key>_sqlserver_<tag>`` (planning + execution) and ``<key>_sqlexec_<tag>``."""
+    def server_timed(self, key: str, items: list, query_of) -> None:
+        """Records ``<key>_sqlserver_<tag>`` (planning + execution) and ``<key>_sqlexec_<tag>``;
+        ``query_of(item)`` gives (SQL text, params)."""
         stem, tag = key.rsplit("_", 1)
         self.t_figure = time.monotonic()
         for it in items[:WARMUP]:
-            self.server_time(query, params_of(it))
-        both = [self.server_time(query, params_of(it)) for it in items]
+            self.server_time(*query_of(it))
+        both = [self.server_time(*query_of(it)) for it in items]
         self.record(f"{stem}_sqlserver_{tag}", [a for a, _ in both])
         self.record(f"{stem}_sqlexec_{tag}", [b for _, b in both])
 
@@ -560,17 +578,30 @@ class Bench:
             raise RuntimeError(f"GET {path} {params}: {r.status_code} {r.text[:300]}")
         return r.content
 
+    def http_post(self, path: str, body: dict) -> bytes:
+        r = self.server.client.post(path, json=body)
+        if r.status_code != 200:
+            raise RuntimeError(f"POST {path}: {r.status_code} {r.text[:300]}")
+        return r.content
+
     # the figures ---------------------------------------------------------------------------
 
     def spatial(self, tag: str, qs: QuerySet) -> None:
+        from cimtwin.geo.dwithin import scaled_band
         from cimtwin.store import blocks as store
 
         # the floor under every client-side SQL figure: one round trip of SELECT 1
         self.record(f"roundtrip_select1_{tag}", self.timed(list(range(self.args.queries)),
                                                            lambda i: self.conn.execute("SELECT 1").fetchone()))
 
+        def ids_query(q):
+            """The store's own predicate for q, ids only, as (SQL text, params)."""
+            query, params = store.matching_ids_sql(q)
+            return query.as_string(self.conn), params
+
         # -- polygon ------------------------------------------------------------------------
         polys = qs.polygons
+        idx = list(range(len(polys)))
         wkts = [shapely.to_wkt(p, rounding_precision=9, trim=True) for p in polys]
         wkbs = [shapely.to_wkb(p) for p in polys]
         returned = []
@@ -578,27 +609,30 @@ class Bench:
         def http_poly(i):
             body = self.http("/spatial/buildings", {"geom": wkts[i], "limit": 1000})
             returned.append(body.count(b'"type":"Feature"'))
-        self.record(f"polygon_500_http_{tag}", self.timed(list(range(len(polys))), http_poly))
+        self.record(f"polygon_500_http_{tag}", self.timed(idx, http_poly))
         self.extra[f"polygon_500_http_mean_features_{tag}"] = round(float(np.mean(returned[WARMUP:])), 1)
+        geojson = [shapely.geometry.mapping(p) for p in polys]
+        self.record(f"polygon_500_post_http_{tag}", self.timed(idx, lambda i: self.http_post(
+            "/spatial/buildings/search", {"geometry": geojson[i], "limit": 1000})))
 
         def sql_poly(i):
-            return store.query_features(self.pool, store.FeatureQuery(layer="buildings", geom=wkbs[i], limit=1000))
-        self.record(f"polygon_500_sql_{tag}", self.timed_async(list(range(len(polys))), sql_poly))
+            return store.feature_page(self.pool, store.FeatureQuery(layer="buildings", geom=wkbs[i], limit=1000))
+        self.record(f"polygon_500_sql_{tag}", self.timed_async(idx, sql_poly))
 
         pg_ids: dict[int, set] = {}
-        q_ids = "SELECT t.id FROM buildings t WHERE ST_Intersects(t.geom, ST_GeomFromWKB(%s, 4326))"
+        poly_ids = [ids_query(store.FeatureQuery(layer="buildings", geom=w)) for w in wkbs]
 
         def ids_poly(i):
-            pg_ids[i] = {r[0] for r in self.conn.execute(q_ids, (wkbs[i],)).fetchall()}
-        self.record(f"polygon_500_sqlids_{tag}", self.timed(list(range(len(polys))), ids_poly))
-        self.server_timed(f"polygon_500_{tag}", list(range(len(polys))), q_ids, lambda i: (wkbs[i],))
+            pg_ids[i] = {r[0] for r in self.conn.execute(*poly_ids[i]).fetchall()}
+        self.record(f"polygon_500_sqlids_{tag}", self.timed(idx, ids_poly))
+        self.server_timed(f"polygon_500_{tag}", idx, lambda i: poly_ids[i])
 
         tree_ids: dict[int, np.ndarray] = {}
 
         def tree_poly(i):
             tree_ids[i] = self.tree_polygon(polys[i])
-        self.record(f"strtree_polygon_500_{tag}", self.timed(list(range(len(polys))), tree_poly))
-        bad = [i for i in range(len(polys)) if pg_ids[i] != set(self.ids[tree_ids[i]].tolist())]
+        self.record(f"strtree_polygon_500_{tag}", self.timed(idx, tree_poly))
+        bad = [i for i in idx if pg_ids[i] != set(self.ids[tree_ids[i]].tolist())]
         self.extra[f"polygon_500_id_mismatches_{tag}"] = len(bad)
         if bad:
             i = bad[0]
@@ -610,23 +644,33 @@ class Bench:
 
         # -- distance -----------------------------------------------------------------------
         pts = qs.points
+        idx = list(range(len(pts)))
         pt_params = [f"{p.x:.7f},{p.y:.7f}" for p in pts]
         pt_wkbs = [shapely.to_wkb(p) for p in pts]
         local = [self.local_point(p) for p in pts]
-        idx = list(range(len(pts)))
+        dist_q = [store.FeatureQuery(layer="buildings", point=pt_wkbs[i], distance_m=200.0,
+                                     band=scaled_band(pts[i].x, pts[i].y, 200.0), limit=1000) for i in idx]
 
         self.record(f"distance_200m_http_{tag}", self.timed(idx, lambda i: self.http(
             "/spatial/buildings", {"point": pt_params[i], "distance": 200, "limit": 1000})))
-        self.record(f"distance_200m_sql_{tag}", self.timed_async(idx, lambda i: store.query_features(
-            self.pool, store.FeatureQuery(layer="buildings", point=pt_wkbs[i], distance_m=200.0, limit=1000))))
-        q_dist = ("SELECT t.id FROM buildings t WHERE ST_DWithin(t.geom::geography, "
-                  "ST_GeomFromWKB(%s, 4326)::geography, 200)")
+        self.record(f"distance_200m_sql_{tag}", self.timed_async(idx, lambda i: store.feature_page(
+            self.pool, dist_q[i])))
+        dist_ids = [ids_query(q) for q in dist_q]
         pg_dist: dict[int, set] = {}
 
         def ids_dist(i):
-            pg_dist[i] = {r[0] for r in self.conn.execute(q_dist, (pt_wkbs[i],)).fetchall()}
+            pg_dist[i] = {r[0] for r in self.conn.execute(*dist_ids[i]).fetchall()}
         self.record(f"distance_200m_sqlids_{tag}", self.timed(idx, ids_dist))
-        self.server_timed(f"distance_200m_{tag}", idx, q_dist, lambda i: (pt_wkbs[i],))
+        self.server_timed(f"distance_200m_{tag}", idx, lambda i: dist_ids[i])
+        # the predicate before the planar band: the exact test on every geography-index candidate
+        q_geog = ("SELECT t.id FROM buildings t WHERE ST_DWithin(t.geom::geography, "
+                  "ST_GeomFromWKB(%s, 4326)::geography, 200)")
+        self.server_timed(f"distance_200m_geogonly_{tag}", idx, lambda i: (q_geog, (pt_wkbs[i],)))
+        geog_bad = [i for i in idx if pg_dist[i] != {r[0] for r in self.conn.execute(q_geog, (pt_wkbs[i],))}]
+        self.extra[f"distance_200m_band_vs_geography_mismatches_{tag}"] = len(geog_bad)
+        if geog_bad:
+            self.notes.append(f"WARNING {tag}: the banded distance predicate and plain ST_DWithin(geography) "
+                              f"differ on {len(geog_bad)} of {len(pts)} points")
         tree_dist: dict[int, np.ndarray] = {}
 
         def tree_d(i):
@@ -647,21 +691,25 @@ class Bench:
                               f"{[round(d, 3) for _, d in dists]} m)")
 
         # -- nearest ------------------------------------------------------------------------
+        near_q = [store.FeatureQuery(layer="buildings", point=pt_wkbs[i], nearest=10) for i in idx]
         self.record(f"nearest_10_http_{tag}", self.timed(idx, lambda i: self.http(
             "/spatial/buildings", {"point": pt_params[i], "nearest": 10})))
-        self.record(f"nearest_10_sql_{tag}", self.timed_async(idx, lambda i: store.query_features(
-            self.pool, store.FeatureQuery(layer="buildings", point=pt_wkbs[i], nearest=10))))
-        q_near = """SELECT id FROM (
+        self.record(f"nearest_10_sql_{tag}", self.timed_async(idx, lambda i: store.feature_page(
+            self.pool, near_q[i])))
+        near_ids = [ids_query(q) for q in near_q]
+        pg_near: dict[int, list] = {}
+
+        def ids_near(i):
+            pg_near[i] = [r[0] for r in self.conn.execute(*near_ids[i]).fetchall()]
+        self.record(f"nearest_10_sqlids_{tag}", self.timed(idx, ids_near))
+        self.server_timed(f"nearest_10_{tag}", idx, lambda i: near_ids[i])
+        # before: KNN on the geography index, the exact distance of the first 36, the best 10
+        q_near_geog = """SELECT id FROM (
                         SELECT t.id, ST_Distance(t.geom::geography, p.g) AS d
                         FROM buildings t, (SELECT ST_GeomFromWKB(%(p)s, 4326)::geography AS g) p
                         ORDER BY t.geom::geography <-> p.g LIMIT 36) c
                     ORDER BY d, id LIMIT 10"""
-        pg_near: dict[int, list] = {}
-
-        def ids_near(i):
-            pg_near[i] = [r[0] for r in self.conn.execute(q_near, {"p": pt_wkbs[i]}).fetchall()]
-        self.record(f"nearest_10_sqlids_{tag}", self.timed(idx, ids_near))
-        self.server_timed(f"nearest_10_{tag}", idx, q_near, lambda i: {"p": pt_wkbs[i]})
+        self.server_timed(f"nearest_10_geogonly_{tag}", idx, lambda i: (q_near_geog, {"p": pt_wkbs[i]}))
         tree_near: dict[int, np.ndarray] = {}
 
         def tree_n(i):
@@ -731,18 +779,22 @@ class Bench:
                 self.pool, layer="buildings", z=z, x=t[0], y=t[1]), warmup=min(WARMUP, len(xy))))
 
     def explain(self, tag: str, qs: QuerySet) -> None:
-        """EXPLAIN ANALYZE of one query of each kind (with --explain)."""
-        p = qs.polygons[0]
-        pt = qs.points[0]
+        """EXPLAIN ANALYZE of one query of each kind (with --explain): the store's own queries."""
+        from cimtwin.geo.dwithin import scaled_band
+        from cimtwin.store import blocks as store
+
+        p, pt = qs.polygons[0], qs.points[0]
         z, (x, y) = 15, qs.tiles[15][0]
-        for name, query, params in (
-                ("polygon", "SELECT t.id FROM buildings t WHERE ST_Intersects(t.geom, ST_GeomFromWKB(%s, 4326))",
-                 (shapely.to_wkb(p),)),
-                ("distance", "SELECT t.id FROM buildings t WHERE ST_DWithin(t.geom::geography, "
-                             "ST_GeomFromWKB(%s, 4326)::geography, 200)", (shapely.to_wkb(pt),)),
-                ("tile z15 bbox", "SELECT count(*) FROM buildings b WHERE b.geom && ST_Transform("
-                                  "ST_TileEnvelope(%s, %s, %s, margin => 0.015625), 4326)", (z, x, y))):
-            plan = self.conn.execute("EXPLAIN (ANALYZE, BUFFERS) " + query, params).fetchall()
+        queries = [(name, *store.matching_ids_sql(q)) for name, q in (
+            ("polygon", store.FeatureQuery(layer="buildings", geom=shapely.to_wkb(p))),
+            ("distance", store.FeatureQuery(layer="buildings", point=shapely.to_wkb(pt), distance_m=200.0,
+                                            band=scaled_band(pt.x, pt.y, 200.0))),
+            ("nearest", store.FeatureQuery(layer="buildings", point=shapely.to_wkb(pt), nearest=10)))]
+        queries.append(("tile z15 bbox", "SELECT count(*) FROM buildings b WHERE b.geom && ST_Transform("
+                                         "ST_TileEnvelope(%s, %s, %s, margin => 0.015625), 4326)", (z, x, y)))
+        for name, query, params in queries:
+            text = query if isinstance(query, str) else query.as_string(self.conn)
+            plan = self.conn.execute("EXPLAIN (ANALYZE, BUFFERS) " + text, params).fetchall()
             print(f"--- EXPLAIN {name} ({tag})", file=sys.stderr)
             for (line,) in plan:
                 print("   " + line, file=sys.stderr)
@@ -800,22 +852,25 @@ TARGETS = {  # figure (100k) → (p95 limit in ms, or None; what)
 }
 ROWS = [  # (label, figure stem)
     ("polygon (500 buildings), HTTP", "polygon_500_http"),
-    ("polygon, store.query_features", "polygon_500_sql"),
+    ("polygon, HTTP POST search", "polygon_500_post_http"),
+    ("polygon, store.feature_page", "polygon_500_sql"),
     ("polygon, the query itself (ids)", "polygon_500_sqlids"),
     ("polygon, the query itself, server: plan+exec", "polygon_500_sqlserver"),
     ("polygon, the query itself, server: exec", "polygon_500_sqlexec"),
     ("polygon, STRtree in memory", "strtree_polygon_500"),
     ("within 200 m, HTTP", "distance_200m_http"),
-    ("within 200 m, store.query_features", "distance_200m_sql"),
+    ("within 200 m, store.feature_page", "distance_200m_sql"),
     ("within 200 m, the query itself (ids)", "distance_200m_sqlids"),
     ("within 200 m, query itself, server: plan+exec", "distance_200m_sqlserver"),
     ("within 200 m, query itself, server: exec", "distance_200m_sqlexec"),
+    ("within 200 m, before (geography only): exec", "distance_200m_geogonly_sqlexec"),
     ("within 200 m, STRtree in memory", "strtree_distance_200m"),
     ("nearest 10, HTTP", "nearest_10_http"),
-    ("nearest 10, store.query_features", "nearest_10_sql"),
+    ("nearest 10, store.feature_page", "nearest_10_sql"),
     ("nearest 10, the query itself (ids)", "nearest_10_sqlids"),
     ("nearest 10, query itself, server: plan+exec", "nearest_10_sqlserver"),
     ("nearest 10, query itself, server: exec", "nearest_10_sqlexec"),
+    ("nearest 10, before (geography KNN): exec", "nearest_10_geogonly_sqlexec"),
     ("nearest 10, STRtree in memory", "strtree_nearest_10"),
     ("round trip floor: SELECT 1", "roundtrip_select1"),
     ("OGC items page of 1,000 (offset), HTTP", "ogc_items_1000_http"),
@@ -896,7 +951,7 @@ def report(bench: Bench) -> None:
         verdicts.append(f"{key}: p95 {s['p95']:.2f} ms, target {what}: {'MET' if met else 'MISSED'}"
                         if s else f"{key}: not measured")
     for stem in ("polygon_500", "distance_200m", "nearest_10"):
-        for kind in ("sqlexec", "sqlserver", "sqlids", "sql", "http"):
+        for kind in ("sqlexec", "sqlserver", "sqlids", "sql", "http", "geogonly_sqlexec"):
             for tag in ("1k", "100k"):
                 pg, st = r.get(f"{stem}_{kind}_{tag}"), r.get(f"strtree_{stem}_{tag}")
                 for p in ("p50", "p95"):

@@ -24,6 +24,11 @@ What is measured (all on the same broker, database and machine, in one run)
 * ``canonical_1_readings_per_s``: ``cimtwin ingest`` (one process, the default settings)
   as a subprocess, 1 reading per message: the same messages as (a).
 * ``canonical_50_readings_per_s``: the same with canonical messages of 50 readings.
+* ``profile_json_readings_per_s`` / ``senml_readings_per_s``: ``cimtwin ingest`` decoding a
+  declared JSON profile (5 channels, one in °F converted to °C, epoch-ms time) and SenML
+  packs of 20 records, each beside ``canonical_5_readings_per_s`` / ``canonical_20_readings_per_s``:
+  canonical messages with as many readings, to the same kind of devices, in the same run.
+  The devices are pinned to their profile version, as registered devices are.
 * With ``--workers N`` (N > 1) the two ingest figures are also measured with N worker
   processes on one ``$share`` subscription (``*_multi`` in the JSON).
 
@@ -102,6 +107,10 @@ SINGLE_DEVICES = 100
 MULTI_DEVICES = 100
 MULTI_CHANNELS = 50
 COPY_CHUNK = 10_000
+PROFILE_DEVICES = 100
+JSON_CHANNELS = 5     # the declared JSON profile's channels (c0 in °F, converted to °C)
+SENML_RECORDS = 20    # records per SenML pack
+BENCH_TOPICS = [f"cim/v1/{VENDOR}/+/up", f"vendors/{VENDOR}/#"]
 MAX_UNACKED = 10_000  # per paho publisher client; paho's packet ids are 16-bit
 
 
@@ -184,6 +193,47 @@ def multi_message(j: int, t0_ms: int, topic_root: str = "cim/v1") -> tuple[str, 
     return topic, json.dumps(payload, separators=(",", ":")).encode()
 
 
+def canonical_n_message(j: int, t0_ms: int, *, prefix: str, n: int) -> tuple[str, bytes]:
+    """The canonical baseline for a profile: device {prefix}{j % 100}, n readings at t0 + j ms."""
+    topic = f"cim/v1/{VENDOR}/{prefix}{j % PROFILE_DEVICES:03d}/up"
+    payload = {"time": _iso(t0_ms, j),
+               "readings": [{"channel": f"c{c:02d}", "value": round(((j + c) % 1000) * 0.1, 1)} for c in range(n)]}
+    return topic, json.dumps(payload, separators=(",", ":")).encode()
+
+
+def profile_json_message(j: int, t0_ms: int) -> tuple[str, bytes]:
+    """A vendor's own JSON (the `bench-env` profile): 5 values under /d, epoch-ms time under /ts."""
+    topic = f"vendors/{VENDOR}/env/p{j % PROFILE_DEVICES:03d}/data"
+    payload = {"ts": t0_ms + j, "d": {f"c{c:02d}": round(((j + c) % 1000) * 0.1, 1) for c in range(JSON_CHANNELS)}}
+    return topic, json.dumps(payload, separators=(",", ":")).encode()
+
+
+def senml_message(j: int, t0_ms: int) -> tuple[str, bytes]:
+    """A SenML pack (the `bench-senml` profile) of 20 records in Cel, base name and base time."""
+    device = f"q{j % PROFILE_DEVICES:03d}"
+    records = [{"n": f"c{c:02d}", "u": "Cel", "v": round(((j + c) % 1000) * 0.1, 1)} for c in range(SENML_RECORDS)]
+    records[0].update(bn=f"{device}:", bt=(t0_ms + j) / 1000)
+    return f"vendors/{VENDOR}/senml/{device}", json.dumps(records, separators=(",", ":")).encode()
+
+
+PROFILES = {
+    "bench-env": {"name": "bench-env", "format": "json", "topic": f"vendors/{VENDOR}/env/{{device}}/data",
+                  "device_id": "{device}", "time": {"path": "/ts", "format": "epoch_ms"},
+                  "channels": [{"name": f"c{c:02d}", "path": f"/d/c{c:02d}", "quantity": "temperature",
+                                "unit": "°F" if c == 0 else "°C"} for c in range(JSON_CHANNELS)]},
+    "bench-senml": {"name": "bench-senml", "format": "senml", "topic": f"vendors/{VENDOR}/senml/{{device}}"},
+}
+
+MESSAGE_KINDS = {
+    "single": single_message,
+    "multi": multi_message,
+    "canon5": lambda j, t0: canonical_n_message(j, t0, prefix="p", n=JSON_CHANNELS),
+    "json5": profile_json_message,
+    "canon20": lambda j, t0: canonical_n_message(j, t0, prefix="q", n=SENML_RECORDS),
+    "senml20": senml_message,
+}
+
+
 def single_rows(n: int, t0_ms: int, sensor_ids: dict[tuple[str, str], int]) -> list[tuple]:
     """The rows the first n single-reading messages carry, as the writer stores them."""
     now = datetime.now(timezone.utc)
@@ -202,6 +252,14 @@ def _mqtt():
     return mqtt, CallbackAPIVersion
 
 
+def _login(client) -> None:
+    """The broker refuses anonymous clients: log in as cimtwin's service account (see Settings.mqtt)."""
+    from cimtwin.settings import Settings
+    ep = Settings().mqtt
+    if ep.username:
+        client.username_pw_set(ep.username, ep.password)
+
+
 def _session_props(expiry_s: int):
     from paho.mqtt.packettypes import PacketTypes
     from paho.mqtt.properties import Properties
@@ -213,9 +271,10 @@ def _session_props(expiry_s: int):
 def role_publish(a) -> dict:
     """Publishes messages [start, start+count) of one kind at QoS 1, paced; exits when all are acked."""
     mqtt, CallbackAPIVersion = _mqtt()
-    make = single_message if a.kind == "single" else multi_message
+    make = MESSAGE_KINDS[a.kind]
     messages = [make(i, a.t0_ms) for i in range(a.start, a.start + a.count)]
     client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=a.client_id, protocol=mqtt.MQTTv5)
+    _login(client)
     client.max_inflight_messages_set(1000)
     client.max_queued_messages_set(0)
     client.connect(a.host, a.port, keepalive=60, clean_start=True)
@@ -251,6 +310,7 @@ def role_raw_sub(a) -> dict:
             done.set()
 
     client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=a.client_id, protocol=mqtt.MQTTv5)
+    _login(client)
     client.on_message = on_message
     client.connect(a.host, a.port, keepalive=60, clean_start=False, properties=_session_props(600))
     client.loop_start()
@@ -295,6 +355,7 @@ def role_naive(a) -> dict:
             done.set()
 
     client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=a.client_id, protocol=mqtt.MQTTv5)
+    _login(client)
     client.on_message = on_message
     client.connect(a.host, a.port, keepalive=60, clean_start=False, properties=_session_props(600))
     client.loop_start()
@@ -362,6 +423,7 @@ class Bench:
         mqtt, CallbackAPIVersion = _mqtt()
         seen: dict[str, str] = {}
         client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=self.cid("sys"), protocol=mqtt.MQTTv5)
+        _login(client)
         client.on_message = lambda c, u, m: seen.__setitem__(m.topic, m.payload.decode(errors="replace"))
         client.on_connect = lambda c, *a: c.subscribe([("$SYS/broker/subscriptions/count", 0),
                                                        ("$SYS/broker/clients/disconnected", 0),
@@ -433,11 +495,21 @@ class Bench:
         self.conn = psycopg.connect(self.db_url, autocommit=True, options="-c TimeZone=UTC")
         vendor_id = self.conn.execute("INSERT INTO vendors (code, name) VALUES (%s, 'Benchmark') RETURNING id",
                                       (VENDOR,)).fetchone()[0]
-        devices = [(f"s{d:03d}", ["temp"]) for d in range(SINGLE_DEVICES)]
-        devices += [(f"m{d:03d}", [f"c{c:02d}" for c in range(MULTI_CHANNELS)]) for d in range(MULTI_DEVICES)]
-        for ext_id, channels in devices:
-            device_id = self.conn.execute("INSERT INTO devices (vendor_id, ext_id) VALUES (%s, %s) RETURNING id",
-                                          (vendor_id, ext_id)).fetchone()[0]
+        from psycopg.types.json import Jsonb
+        profile_ids = {name: self.conn.execute(
+            "INSERT INTO profiles (vendor_id, name, version, format, topic, document) VALUES (%s, %s, 1, %s, %s, %s) "
+            "RETURNING id", (vendor_id, name, doc["format"], doc["topic"], Jsonb(doc))).fetchone()[0]
+            for name, doc in PROFILES.items()}
+        devices = [(f"s{d:03d}", ["temp"], None) for d in range(SINGLE_DEVICES)]
+        devices += [(f"m{d:03d}", [f"c{c:02d}" for c in range(MULTI_CHANNELS)], None) for d in range(MULTI_DEVICES)]
+        devices += [(f"p{d:03d}", [f"c{c:02d}" for c in range(JSON_CHANNELS)], profile_ids["bench-env"])
+                    for d in range(PROFILE_DEVICES)]
+        devices += [(f"q{d:03d}", [f"c{c:02d}" for c in range(SENML_RECORDS)], profile_ids["bench-senml"])
+                    for d in range(PROFILE_DEVICES)]
+        for ext_id, channels, profile_id in devices:
+            device_id = self.conn.execute(
+                "INSERT INTO devices (vendor_id, ext_id, profile_id) VALUES (%s, %s, %s) RETURNING id",
+                (vendor_id, ext_id, profile_id)).fetchone()[0]
             with self.conn.cursor() as cur:
                 cur.executemany("INSERT INTO sensors (device_id, channel, quantity, unit) VALUES (%s, %s, 'x', '1')",
                                 [(device_id, ch) for ch in channels])
@@ -482,17 +554,19 @@ class Bench:
             raise RuntimeError(f"child failed ({proc.returncode}): {out[-2000:]}")
         return json.loads(lines[-1])
 
-    def open_session(self, client_id: str, topic: str) -> None:
+    def open_session(self, client_id: str, topic: str | list[str]) -> None:
         """Creates a persistent session subscribed at QoS 1, then leaves it offline."""
         mqtt, CallbackAPIVersion = _mqtt()
         from paho.mqtt.subscribeoptions import SubscribeOptions
         subscribed = threading.Event()
         client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=client_id, protocol=mqtt.MQTTv5)
+        _login(client)
         client.on_subscribe = lambda *a: subscribed.set()
         client.connect(self.host, self.port, clean_start=True, properties=_session_props(600))
         self.sessions.add(client_id)
         client.loop_start()
-        client.subscribe(topic, options=SubscribeOptions(qos=1))
+        topics = [topic] if isinstance(topic, str) else topic
+        client.subscribe([(t, SubscribeOptions(qos=1)) for t in topics])
         if not subscribed.wait(10):
             raise RuntimeError(f"no SUBACK for {client_id}")
         client.disconnect()
@@ -503,6 +577,7 @@ class Bench:
         mqtt, CallbackAPIVersion = _mqtt()
         connected = threading.Event()
         client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=client_id, protocol=mqtt.MQTTv5)
+        _login(client)
         client.on_connect = lambda *a: connected.set()
         client.connect(self.host, self.port, clean_start=True, properties=_session_props(0))
         client.loop_start()
@@ -545,7 +620,7 @@ class Bench:
             "ingest_client_id": client_id,
             "ingest_workers": workers,
             "ingest_share_group": f"bench{self.run_id}",
-            "ingest_topics": [f"cim/v1/{VENDOR}/+/up"],
+            "ingest_topics": BENCH_TOPICS,
             "ingest_session_expiry_s": 600,
             "ingest_status_interval_s": 0.5,
         })
@@ -555,11 +630,9 @@ class Bench:
         return [client_id] if workers == 1 else [f"{client_id}-{i}" for i in range(workers)]
 
     def prepare_ingest_sessions(self, client_id: str, workers: int) -> None:
-        topic = f"cim/v1/{VENDOR}/+/up"
-        if workers > 1:
-            topic = f"$share/bench{self.run_id}/{topic}"
+        topics = BENCH_TOPICS if workers == 1 else [f"$share/bench{self.run_id}/{t}" for t in BENCH_TOPICS]
         for cid in self.ingest_client_ids(client_id, workers):
-            self.open_session(cid, topic)
+            self.open_session(cid, topics)
 
     def ingest(self, client_id: str, workers: int, expect_rows: int) -> dict:
         from cimtwin.settings import settings_env
@@ -691,6 +764,17 @@ class Bench:
                 res[f"ing{tag}w"] = self.watched(f"ing{tag}w", self.ingest, multi, a.workers, rows)
                 self.log(f"cimtwin ingest, {tag} reading(s)/msg, {a.workers} processes: {res[f'ing{tag}w']}")
 
+        if "profiles" in phases:  # declared profiles against canonical messages of as many readings
+            for kind, count, per in (("canon5", a.profile_messages, JSON_CHANNELS),
+                                     ("json5", a.profile_messages, JSON_CHANNELS),
+                                     ("canon20", a.profile_messages // 4, SENML_RECORDS),
+                                     ("senml20", a.profile_messages // 4, SENML_RECORDS)):
+                ing = self.cid(f"ingest-{kind}")
+                self.prepare_ingest_sessions(ing, 1)
+                res[f"publish_{kind}_s"] = self.publish(kind, count)
+                res[kind] = self.watched(kind, self.ingest, ing, 1, count * per)
+                self.log(f"cimtwin ingest, {kind}: {res[kind]}")
+
         if "copy" in phases:  # (b) the write limit
             res["copy"] = self.watched("copy", self.raw_copy, a.messages)
             self.log(f"(b) raw binary COPY: {res['copy']}")
@@ -747,6 +831,14 @@ def report(bench: Bench) -> None:
         ("cimtwin ingest, 1 reading/msg, 1 process", r.get("ing1", {}).get("rows"), "readings/s", c1),
         ("cimtwin ingest, 50 readings/msg, 1 process", r.get("ing50", {}).get("rows"), "readings/s", c50),
     ]
+    c5, j5 = rate("canon5", "readings_per_s"), rate("json5", "readings_per_s")
+    c20, s20 = rate("canon20", "readings_per_s"), rate("senml20", "readings_per_s")
+    lines += [
+        ("cimtwin ingest, canonical 5 readings/msg", r.get("canon5", {}).get("rows"), "readings/s", c5),
+        ("cimtwin ingest, JSON profile 5 channels/msg", r.get("json5", {}).get("rows"), "readings/s", j5),
+        ("cimtwin ingest, canonical 20 readings/msg", r.get("canon20", {}).get("rows"), "readings/s", c20),
+        ("cimtwin ingest, SenML pack of 20 records", r.get("senml20", {}).get("rows"), "readings/s", s20),
+    ]
     if a.workers > 1:
         lines += [
             (f"cimtwin ingest, 1 reading/msg, {a.workers} processes", r.get("ing1w", {}).get("rows"),
@@ -777,6 +869,10 @@ def report(bench: Bench) -> None:
     print(f"canonical 1/msg vs (a): {ratios['canonical_1_vs_raw_subscriber']}  (target >= 0.70)")
     print(f"canonical 1/msg vs (c): {ratios['canonical_1_vs_naive']}x  (target >= 10x)")
     print(f"canonical 50/msg: {c50:,.0f} readings/s  (target >= 100,000)")
+    ratios["profile_json_vs_canonical"] = round(j5 / c5, 3) if c5 else None
+    ratios["senml_vs_canonical"] = round(s20 / c20, 3) if c20 else None
+    print(f"JSON profile vs canonical (5 readings/msg): {ratios['profile_json_vs_canonical']}  (target >= 0.70)")
+    print(f"SenML vs canonical (20 readings/msg): {ratios['senml_vs_canonical']}  (target >= 0.70)")
     print(f"publishing (not a rate under test): {r.get('publish_single_s', 0):.1f} s for {a.messages} "
           f"1-reading msgs, {r.get('publish_multi_s', 0):.1f} s for {a.multi_messages} 50-reading msgs; "
           f"whole bench {r.get('total_s', 0):.0f} s")
@@ -788,6 +884,10 @@ def report(bench: Bench) -> None:
     out = {
         "canonical_1_readings_per_s": round(c1),
         "canonical_50_readings_per_s": round(c50),
+        "canonical_5_readings_per_s": round(c5),
+        "profile_json_readings_per_s": round(j5),
+        "canonical_20_readings_per_s": round(c20),
+        "senml_readings_per_s": round(s20),
         "raw_subscriber_msgs_per_s": round(raw_sub),
         "raw_subscriber_50_msgs_per_s": round(raw50_sub),
         "raw_copy_rows_per_s": round(copy),
@@ -819,6 +919,9 @@ def main() -> None:
     p.add_argument("--messages", type=int, default=200_000, help="1-reading messages for (a), (b) and ingest")
     p.add_argument("--multi-messages", type=int, default=10_000, help="50-reading messages")
     p.add_argument("--naive-messages", type=int, default=10_000, help="messages for the naive bridge (c)")
+    p.add_argument("--profile-messages", type=int, default=40_000,
+                   help="5-reading messages (canonical and the JSON profile); a quarter as many 20-reading "
+                        "messages (canonical and SenML)")
     p.add_argument("--workers", type=int, default=2,
                    help="also run ingest with this many $share processes (1: only the single process)")
     p.add_argument("--publishers", type=int, default=2, help="paho publisher processes")
@@ -829,8 +932,8 @@ def main() -> None:
                    help="first wait up to this many seconds for other busy processes to finish (0: don't)")
     p.add_argument("--ingest-pythonpath", help="run `cimtwin ingest` with this PYTHONPATH first (a folder "
                    "holding another `cimtwin` package tree), to compare with the code before a change")
-    p.add_argument("--phases", default="single,multi,copy,naive",
-                   help="comma-separated subset of single,multi,copy,naive (all by default)")
+    p.add_argument("--phases", default="single,multi,profiles,copy,naive",
+                   help="comma-separated subset of single,multi,profiles,copy,naive (all by default)")
     p.add_argument("--profile-dir", help="sample the consumers with py-spy (raw stacks) into this folder")
     args = p.parse_args()
     bench = Bench(args)

@@ -165,7 +165,16 @@ def up(services: bool = typer.Option(True, help="install/start PostgreSQL and Mo
     migrate()
     if demo_data:
         demo()
+    try:  # the broker's password and ACL files from the database (vendors' MQTT credentials)
+        broker_sync(no_database=False)
+    except typer.Exit:
+        console.print("[yellow]the broker's credentials were not synced; vendors' MQTT logins may be stale[/]")
     s = get_settings()
+    from cimtwin.cli_keys import ensure_admin_key
+
+    key_file, made = ensure_admin_key(s)
+    console.print(f"admin API key {'written to' if made else 'in'} {key_file} (send it as X-API-Key; "
+                  "`cimtwin keys create` makes keys for others)")
     exe = [sys.executable, "-m", "cimtwin.cli"]
     console.print(f"[bold]cimtwin is up[/]: API http://{s.api_host}:{s.api_port}/docs, "
                   f"MQTT {s.mqtt_url} (topic cim/v1/{{vendor}}/{{device}}/up). Ctrl-C stops.")
@@ -177,6 +186,15 @@ def up(services: bool = typer.Option(True, help="install/start PostgreSQL and Mo
 from cimtwin.cli_geo import export as _export, import_app as _import_app  # noqa: E402
 
 app.add_typer(_import_app, name="import")
+
+from cimtwin.cli_keys import keys_app as _keys_app  # noqa: E402
+
+app.add_typer(_keys_app, name="keys")
+
+from cimtwin.cli_mqtt import broker_sync, mqtt_app as _mqtt_app  # noqa: E402
+
+app.add_typer(_mqtt_app, name="mqtt-credentials")
+app.command("broker-sync")(broker_sync)
 app.command("export")(_export)
 
 

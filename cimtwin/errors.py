@@ -6,6 +6,8 @@ from __future__ import annotations
 class CimtwinError(Exception):
     status_code = 400
     code = "bad_request"
+    #: HTTP headers the API adds to the error response.
+    headers: dict[str, str] = {}
 
     def __init__(self, detail: str, *, code: str | None = None, **extra):
         super().__init__(detail)
@@ -22,6 +24,21 @@ class BadRequest(CimtwinError):
 class NotFound(CimtwinError):
     status_code = 404
     code = "not_found"
+
+
+class Unauthorized(CimtwinError):
+    """No API key, or one that is unknown or revoked."""
+
+    status_code = 401
+    code = "unauthorized"
+    headers = {"WWW-Authenticate": 'Bearer realm="cimtwin"'}
+
+
+class Forbidden(CimtwinError):
+    """A valid key whose role (or vendor) may not do this."""
+
+    status_code = 403
+    code = "forbidden"
 
 
 class Conflict(CimtwinError):
@@ -57,3 +74,10 @@ class QueryTimeout(TooLarge):
     """The statement timeout cut a query off. A 400, like every other limit: narrow the query."""
 
     code = "query_timeout"
+
+
+class InvalidDocument(CimtwinError):
+    """A document (e.g. a vendor profile) that does not validate; ``errors`` lists each path."""
+
+    status_code = 422
+    code = "invalid_document"

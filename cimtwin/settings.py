@@ -4,13 +4,16 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import socket
 from functools import lru_cache
 from pathlib import Path
-from urllib.parse import urlsplit
+from urllib.parse import unquote, urlsplit
 
-from pydantic import Field, field_validator
+from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from cimtwin.schemas.access import Role
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
@@ -25,8 +28,8 @@ class MqttEndpoint:
         self.tls = parts.scheme in ("mqtts", "ssl")
         self.host = parts.hostname or "127.0.0.1"
         self.port = parts.port or (8883 if self.tls else 1883)
-        self.username = parts.username
-        self.password = parts.password
+        self.username = unquote(parts.username) if parts.username is not None else None
+        self.password = unquote(parts.password) if parts.password is not None else None
 
 
 class Settings(BaseSettings):
@@ -44,7 +47,8 @@ class Settings(BaseSettings):
     ingest_client_id: str = Field(default_factory=lambda: f"cimtwin-ingest-{socket.gethostname()}")
     ingest_workers: int = Field(default=1, ge=1, le=64)
     ingest_share_group: str = "cimtwin"
-    ingest_topics: list[str] = ["cim/v1/+/+/up"]
+    # The canonical format, and every vendor's declared profile topics (vendors/{vendor}/…).
+    ingest_topics: list[str] = ["cim/v1/+/+/up", "vendors/#"]
     ingest_session_expiry_s: int = Field(default=7 * 24 * 3600, ge=60)
     ingest_batch_max_messages: int = Field(default=2000, ge=1, le=20000)
     ingest_batch_max_wait_ms: int = Field(default=100, ge=1, le=10000)
@@ -63,18 +67,39 @@ class Settings(BaseSettings):
     api_max_raw_rows: int = Field(default=100_000, ge=1)
     api_statement_timeout_ms: int = Field(default=15_000, ge=100)
 
+    # access: API keys live in the database (`cimtwin keys`); this one, if set, is an admin key too
+    admin_api_key: SecretStr | None = Field(default=None, description="a key that authenticates as admin")
+    auth_anonymous_role: Role | None = Field(
+        default=None, description="the role of requests without a key (analyst or operator); unset: 401")
+
+    # broker credentials (cimtwin/broker_auth.py, `cimtwin broker-sync`). cimtwin's own processes log
+    # in as the service account whenever mqtt_url names no user; its password is made once, into a
+    # 0600 file. Vendors' credentials live (hashed) in the database.
+    mqtt_service_username: str = Field(default="cimtwin.service",
+                                       description="the broker account of ingest, the API and the tools")
+    mqtt_service_password_file: Path | None = Field(
+        default=None, description="the service account's password; default <state_dir>/mqtt-service.password")
+    broker_auth_dir: Path | None = Field(
+        default=None, description="where the broker's passwd and acl files are written; default <state_dir>/mosquitto")
+    broker_pid_file: Path | None = Field(
+        default=None, description="the broker's pid_file, sent SIGHUP to reload them; "
+                                  "default <state_dir>/mosquitto/mosquitto.pid")
+
     # block data and spatial queries (/areas, /buildings, …, /spatial); past a limit is a 400
     data_dir: Path = Field(default=REPO_ROOT.parent / "shared" / "data",
                            description="the shared real data sets (demo district buildings)")
     api_max_page_size: int = Field(default=10_000, ge=1, description="largest `limit` / `nearest`")
-    api_max_bbox_km2: float = Field(default=2_500.0, gt=0, description="largest query bbox, geodesic km²")
+    # One bbox limit for /spatial, the feature lists and /ogc: QGIS and GDAL ask for a layer's
+    # whole extent (zoom to layer over a district or a city), and paging plus the statement
+    # timeout bound the work of any bbox; this only turns away continent-sized mistakes.
+    max_bbox_km2: float = Field(default=250_000.0, gt=0,
+                                description="largest query bbox (or a query geometry's bbox), geodesic km²")
     api_max_distance_m: float = Field(default=50_000.0, gt=0, description="largest `distance`")
     api_max_geometry_vertices: int = Field(default=10_000, ge=4, description="largest query geometry")
 
     # OGC API Features (/ogc) and vector tiles (/tiles)
     ogc_default_limit: int = Field(default=100, ge=1)
     ogc_max_limit: int = Field(default=10_000, ge=1, description="a larger `limit` gets a 400")
-    ogc_max_bbox_km2: float = Field(default=250_000.0, gt=0, description="a larger bbox (geodesic km²) gets a 400")
     sensor_offline_after_s: float = Field(default=900.0, gt=0,
                                           description="a sensor without a reading for longer is 'offline'")
     tiles_max_zoom: int = Field(default=22, ge=0, le=30)
@@ -87,9 +112,55 @@ class Settings(BaseSettings):
         MqttEndpoint(value)
         return value
 
+    @field_validator("mqtt_service_username")
+    @classmethod
+    def _check_service_username(cls, value: str) -> str:
+        if not re.fullmatch(r"[A-Za-z0-9._-]{1,64}", value):
+            raise ValueError("mqtt_service_username may hold only letters, digits, '.', '_' and '-'")
+        if re.fullmatch(r"[a-z0-9][a-z0-9_-]{0,62}", value):
+            # Vendor credentials are named after vendor codes; the service account must not be one.
+            raise ValueError(f"mqtt_service_username {value!r} could be a vendor code; "
+                             "give it a '.' or a capital letter (e.g. 'cimtwin.service')")
+        return value
+
+    @field_validator("auth_anonymous_role")
+    @classmethod
+    def _check_anonymous_role(cls, value: Role | None) -> Role | None:
+        if value in (Role.admin, Role.vendor):
+            raise ValueError(f"requests without a key cannot be {value.value}; use analyst or operator")
+        return value
+
+    @field_validator("admin_api_key")
+    @classmethod
+    def _check_admin_api_key(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None and len(value.get_secret_value()) < 16:
+            raise ValueError("admin_api_key must be at least 16 characters")
+        return value
+
     @property
     def mqtt(self) -> MqttEndpoint:
-        return MqttEndpoint(self.mqtt_url)
+        """The broker endpoint; without a user in mqtt_url, the service account (if its password file exists)."""
+        endpoint = MqttEndpoint(self.mqtt_url)
+        if endpoint.username is None:
+            try:
+                password = self.service_password_path.read_text().strip()
+            except FileNotFoundError:
+                password = ""
+            if password:
+                endpoint.username, endpoint.password = self.mqtt_service_username, password
+        return endpoint
+
+    @property
+    def service_password_path(self) -> Path:
+        return self.mqtt_service_password_file or self.state_dir / "mqtt-service.password"
+
+    @property
+    def broker_auth_path(self) -> Path:
+        return self.broker_auth_dir or self.state_dir / "mosquitto"
+
+    @property
+    def broker_pid_path(self) -> Path:
+        return self.broker_pid_file or self.state_dir / "mosquitto" / "mosquitto.pid"
 
     @property
     def status_topic_prefix(self) -> str:
@@ -105,6 +176,12 @@ def settings_env(settings: Settings) -> dict[str, str]:
     """The environment that hands ``settings`` on to a child process."""
     env = dict(os.environ)
     for name, value in settings.model_dump(mode="json").items():
+        secret = getattr(settings, name)
+        if isinstance(secret, SecretStr):
+            value = secret.get_secret_value()
+        if value is None:
+            env.pop(f"CIMTWIN_{name.upper()}", None)
+            continue
         if isinstance(value, list):
             value = json.dumps(value)
         env[f"CIMTWIN_{name.upper()}"] = str(value)

@@ -6,7 +6,9 @@
 #
 # Uses a PostgreSQL already listening on the configured host/port, else installs and
 # starts Debian's. Runs cimtwin's own Mosquitto on CIMTWIN_MQTT port (default 1884)
-# with deploy/mosquitto/cimtwin.conf, unless a broker already answers there.
+# with deploy/mosquitto/cimtwin.conf, unless a broker already answers there. The broker
+# requires a login: the service account's password is made once, into
+# $STATE_DIR/mqtt-service.password (0600); `cimtwin broker-sync` writes the password and ACL files.
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -98,19 +100,45 @@ SQL
 setup_mosquitto() {
   apt_install mosquitto mosquitto-clients
   if ! is_local "$MQTT_HOST"; then say "broker at $MQTT_HOST is remote; not managing it"; return; fi
-  if port_open "$MQTT_HOST" "$MQTT_PORT"; then return; fi
   local dir="$STATE_DIR/mosquitto"
-  mkdir -p "$dir"
+  local auth_dir=${CIMTWIN_BROKER_AUTH_DIR:-$dir} pid_file=${CIMTWIN_BROKER_PID_FILE:-$dir/mosquitto.pid}
+  local as_mosquitto=0
+  [ "$(id -u)" -eq 0 ] && id mosquitto >/dev/null 2>&1 && as_mosquitto=1
+  local running=""  # the pid of cimtwin's own broker, when it is the one answering
+  if port_open "$MQTT_HOST" "$MQTT_PORT"; then
+    running=$(cat "$pid_file" 2>/dev/null || true)
+    if [ -z "$running" ] || [ "$(cat "/proc/$running/comm" 2>/dev/null)" != "mosquitto" ]; then
+      say "a broker that is not cimtwin's answers on $MQTT_HOST:$MQTT_PORT; not managing it"; return
+    fi
+  fi
+  mkdir -p "$dir" "$auth_dir"
+  if [ $as_mosquitto -eq 1 ]; then chown mosquitto: "$dir" "$auth_dir"; fi
   {
     echo "# Written by deploy/bootstrap.sh; edit deploy/mosquitto/cimtwin.conf instead."
     echo "listener $MQTT_PORT $MQTT_HOST"
     echo "persistence_location $dir/"
-    echo "pid_file $dir/mosquitto.pid"
+    echo "pid_file $pid_file"
     echo "log_dest file $dir/mosquitto.log"
-    [ "$(id -u)" -eq 0 ] && id mosquitto >/dev/null 2>&1 && echo "user mosquitto"
+    echo "password_file $auth_dir/passwd"
+    echo "acl_file $auth_dir/acl"
+    if [ $as_mosquitto -eq 1 ]; then echo "user mosquitto"; fi
     cat "$ROOT/deploy/mosquitto/cimtwin.conf"
-  } > "$dir/mosquitto.conf"
-  if [ "$(id -u)" -eq 0 ] && id mosquitto >/dev/null 2>&1; then chown -R mosquitto: "$dir"; fi
+  } > "$dir/mosquitto.conf.new"
+  # The service account's password (made once) and the password and ACL files, keeping any
+  # vendor entries they hold; `cimtwin up` then syncs them from the database.
+  CIMTWIN_STATE_DIR="$STATE_DIR" CIMTWIN_BROKER_AUTH_DIR="$auth_dir" CIMTWIN_BROKER_PID_FILE="$pid_file" \
+    "$ROOT/.venv/bin/cimtwin" broker-sync --no-database
+  if [ -n "$running" ]; then
+    if cmp -s "$dir/mosquitto.conf.new" "$dir/mosquitto.conf"; then rm -f "$dir/mosquitto.conf.new"; return; fi
+    # An older configuration (say, one without logins): the reloadable settings, password and
+    # ACL files included, take effect on SIGHUP; a changed listener needs a restart.
+    mv "$dir/mosquitto.conf.new" "$dir/mosquitto.conf"
+    if [ $as_mosquitto -eq 1 ]; then chown mosquitto: "$dir/mosquitto.conf"; fi
+    say "reloading cimtwin's Mosquitto (pid $running) with the new configuration"
+    kill -HUP "$running"; return
+  fi
+  mv "$dir/mosquitto.conf.new" "$dir/mosquitto.conf"
+  if [ $as_mosquitto -eq 1 ]; then chown -R mosquitto: "$dir"; fi
   say "starting cimtwin's Mosquitto on $MQTT_HOST:$MQTT_PORT"
   mosquitto -d -c "$dir/mosquitto.conf"
   for _ in $(seq 20); do port_open "$MQTT_HOST" "$MQTT_PORT" && return; sleep 0.25; done
@@ -138,7 +166,7 @@ setup_python() {
 }
 
 setup_postgres
+setup_python     # before the broker: `cimtwin broker-sync` writes its password and ACL files
 setup_mosquitto
 if [ $WITH_TEST -eq 1 ]; then apt_install gdal-bin; fi
-setup_python
 say "ready: database $PG_HOST:$PG_PORT/$PG_DB, broker $MQTT_HOST:$MQTT_PORT"

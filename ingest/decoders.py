@@ -40,12 +40,16 @@ class Decoded(NamedTuple):
     time: datetime | None
     # DecodedReading, or any (channel, value, time) tuple.
     readings: tuple[DecodedReading, ...] | list[DecodedReading]
+    # The profile version that decoded the message (declared vendor profiles only).
+    profile_id: int | None = None
 
 
 class Decoder(Protocol):
     def handles(self, topic: str) -> bool: ...
 
-    def decode(self, topic: str, payload: bytes) -> Decoded: ...
+    def decode(self, topic: str, payload: bytes, *, now: datetime | None = None) -> Decoded:
+        """``now`` is when the message was received (SenML relative times count from it)."""
+        ...
 
 
 def describe_validation_error(exc: ValidationError) -> tuple[str, str]:
@@ -121,7 +125,7 @@ class CanonicalDecoder:
     def handles(self, topic: str) -> bool:
         return topic.startswith("cim/v1/")
 
-    def decode(self, topic: str, payload: bytes) -> Decoded:
+    def decode(self, topic: str, payload: bytes, *, now: datetime | None = None) -> Decoded:
         levels = topic.split("/")
         if len(levels) != 5 or levels[0] != "cim" or levels[1] != "v1" or levels[4] != "up":
             raise DecodeError("bad_topic", f"topic {topic!r} is not cim/v1/{{vendor}}/{{device}}/up")

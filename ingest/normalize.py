@@ -40,8 +40,23 @@ def _dead_letter(msg: RawMessage, code: str, reason: str, vendor: str | None = N
     return DeadLetter(digest, msg.topic, vendor, device, code, reason, msg.payload, msg.received_at)
 
 
+def topic_vendor(topic: str) -> str | None:
+    """The vendor whose namespace a topic is in (``cim/v1/{vendor}/…`` or ``vendors/{vendor}/…``)."""
+    levels = topic.split("/", 3)
+    if len(levels) >= 3 and levels[0] == "cim" and levels[1] == "v1":
+        return levels[2] or None
+    if len(levels) >= 2 and levels[0] == "vendors":
+        return levels[1] or None
+    return None
+
+
 def _fmt(value: float) -> str:
     return f"{value:g}"
+
+
+def _identify(decoder: Decoder, topic: str, payload: bytes) -> DeviceKey | None:
+    identify = getattr(decoder, "identify", None)
+    return identify(topic, payload) if identify is not None else None
 
 
 class DeviceDirectory:
@@ -116,25 +131,33 @@ class Normalizer:
                 dead[letter.digest] = letter
 
         decoded: list[tuple[RawMessage, Decoded]] = []
+        undecoded: list[tuple[RawMessage, Decoder, DecodeError, DeviceKey]] = []
         wanted: dict[DeviceKey, set[str]] = {}
         max_bytes = self._max_payload_bytes
         only = self._decoders[0] if len(self._decoders) == 1 else None
         for msg in messages:
             topic, payload = msg.topic, msg.payload
             if len(payload) > max_bytes:
-                reject(msg, "payload_too_large", f"payload is {len(payload)} bytes; the limit is {max_bytes}")
+                reject(msg, "payload_too_large", f"payload is {len(payload)} bytes; the limit is {max_bytes}",
+                       topic_vendor(topic))
                 continue
             if only is not None:
                 decoder = only if only.handles(topic) else None
             else:
                 decoder = self._decoder_for(topic)
             if decoder is None:
-                reject(msg, "bad_topic", f"no decoder handles topic {topic!r}")
+                reject(msg, "bad_topic", f"no decoder handles topic {topic!r}", topic_vendor(topic))
                 continue
             try:
-                d = decoder.decode(topic, payload)
+                d = decoder.decode(topic, payload, now=msg.received_at)
             except DecodeError as exc:
-                reject(msg, exc.reason_code, exc.reason)
+                # A device pinned to another profile version may still decode: look it up first.
+                key = _identify(decoder, topic, payload)
+                if key is None:
+                    reject(msg, exc.reason_code, exc.reason, topic_vendor(topic))
+                else:
+                    undecoded.append((msg, decoder, exc, key))
+                    wanted.setdefault(key, set())
                 continue
             decoded.append((msg, d))
             key = (d.vendor_code, d.device_ext_id)
@@ -144,12 +167,32 @@ class Normalizer:
             channels.update([r[0] for r in d.readings])
 
         devices = self._directory.resolve(wanted)
+        for msg, decoder, exc, key in undecoded:
+            device = devices.get(key)
+            pinned = device.profile_id if device is not None else None
+            try:
+                if pinned is None:
+                    raise exc
+                d = decoder.decode_with(pinned, msg.topic, msg.payload, now=msg.received_at)
+            except DecodeError as again:
+                reject(msg, again.reason_code, again.reason, *key)
+                continue
+            decoded.append((msg, d))
         rows = out.rows
         append = rows.append
         max_future = self._max_future
         for msg, d in decoded:
             key = (d.vendor_code, d.device_ext_id)
             device = devices.get(key)
+            if device is not None and device.profile_id is not None and d.profile_id is not None \
+                    and d.profile_id != device.profile_id:
+                # The device keeps the profile version it was registered with.
+                try:
+                    d = self._decoder_for(msg.topic).decode_with(device.profile_id, msg.topic, msg.payload,
+                                                                  now=msg.received_at)
+                except DecodeError as exc:
+                    reject(msg, exc.reason_code, exc.reason, *key)
+                    continue
             if device is None:
                 reject(msg, "unknown_device",
                        f"unknown device {d.device_ext_id!r} of vendor {d.vendor_code!r}; "
@@ -157,10 +200,11 @@ class Normalizer:
                 seen = pending.get(key)
                 if seen is None:
                     pending[key] = PendingDevice(d.vendor_code, d.device_ext_id, msg.topic, msg.payload,
-                                                 msg.received_at, msg.received_at)
+                                                 msg.received_at, msg.received_at, profile_id=d.profile_id)
                 else:
                     seen.messages += 1
                     seen.last_seen, seen.topic, seen.payload = msg.received_at, msg.topic, msg.payload
+                    seen.profile_id = d.profile_id or seen.profile_id
                 continue
             problems: list[tuple[str, str]] = []
             received_at = msg.received_at

@@ -44,7 +44,10 @@ from paho.mqtt.subscribeoptions import SubscribeOptions
 from cimtwin.settings import Settings
 from cimtwin.store.writer import DeviceLookup, PreparedRows, ReadingWriter, prepare_rows
 
+from .decoders import CanonicalDecoder
 from .normalize import DeviceDirectory, NormalizedBatch, Normalizer, RawMessage
+from .profile_sync import ProfileSync
+from .profiles import ProfileDecoder
 
 log = logging.getLogger("cimtwin.ingest")
 
@@ -261,9 +264,13 @@ class IngestWorker:
         app = f"cimtwin-ingest:{self.client_id}"
         self._writer = ReadingWriter(settings.database_url, application_name=app)
         self._lookup = DeviceLookup(settings.database_url, application_name=app)
-        self._normalizer = Normalizer(DeviceDirectory(self._lookup),
+        directory = DeviceDirectory(self._lookup)
+        self._profiles = ProfileSync(settings.database_url, ProfileDecoder(()), application_name=app,
+                                     on_change=directory.clear)
+        self._normalizer = Normalizer(directory,
                                       max_payload_bytes=settings.ingest_max_payload_bytes,
-                                      max_future_s=settings.ingest_max_future_s)
+                                      max_future_s=settings.ingest_max_future_s,
+                                      decoders=(CanonicalDecoder(), self._profiles.decoder))
         self._stop = threading.Event()
         self._failure: BaseException | None = None
         self._connected = False
@@ -360,6 +367,7 @@ class IngestWorker:
         raws = self._to_raw(messages)
         delay = 0.5
         while True:
+            self._profiles.maybe_refresh()
             try:
                 result = self._normalizer.normalize(raws)
             except psycopg.OperationalError as exc:
@@ -527,4 +535,5 @@ class IngestWorker:
             self._client.loop_stop()
             self._writer.close()
             self._lookup.close()
+            self._profiles.close()
             log.info("ingest worker %s stopped", self.client_id)

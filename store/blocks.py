@@ -156,7 +156,11 @@ SPATIAL_LAYERS = ("areas", "buildings", "components", "sensors", "floors", "room
 
 @dataclass
 class FeatureQuery:
-    """What to select from a layer. Geometries are WKB in EPSG:4326."""
+    """What to select from a layer. Geometries are WKB in EPSG:4326.
+
+    ``band`` (a :class:`cimtwin.geo.dwithin.ScaledBand`, or None) lets a distance query
+    settle most rows with a planar test; the rows it cannot settle, and every row when it
+    is None, get the exact geodesic test."""
 
     layer: str
     filters: dict[str, Any] = field(default_factory=dict)
@@ -165,12 +169,34 @@ class FeatureQuery:
     relation: str = "intersects"  # or "within"
     point: bytes | None = None
     distance_m: float | None = None
+    band: Any = None
     nearest: int | None = None
     limit: int = 100
     offset: int = 0
     srid: int | None = 4326  # None: geometries come back as WKB
     digits: int = 9
     ids: list[int] | None = None
+
+
+# Geodesic distances are PostGIS's geography ones, on the WGS84 ellipsoid with great-circle
+# edges. (ST_DistanceSpheroid on geometry would be ~30 % cheaper, but it rejects
+# GeometryCollections, which components may be.)
+_POINT = "ST_GeomFromWKB(%(point)s, 4326)"
+_DISTANCE = f"ST_Distance(t.geom::geography, {_POINT}::geography)"
+_DWITHIN = f"ST_DWithin(t.geom::geography, {_POINT}::geography, %(distance)s)"
+# The geography index's candidates for "within r": ST_DWithin's own index condition.
+_DWITHIN_CANDIDATES = f"t.geom::geography && _ST_Expand({_POINT}::geography, %(distance)s)"
+# Most candidates are settled by a planar distance in lon/lat with longitudes scaled
+# (see geo/dwithin.py for why the radii are safe); the band between the radii, and any
+# geometry larger than the guard box, get the exact test.
+_DWITHIN_BANDED = f"""{_DWITHIN_CANDIDATES} AND CASE
+    WHEN t.geom @ ST_MakeEnvelope(%(band_x0)s, %(band_y0)s, %(band_x1)s, %(band_y1)s, 4326) THEN
+        ST_DWithin(ST_Scale(t.geom, %(band_kx)s, 1), ST_SetSRID(ST_MakePoint(%(band_x)s, %(band_y)s), 4326),
+                   %(band_inner)s)
+        OR (ST_DWithin(ST_Scale(t.geom, %(band_kx)s, 1), ST_SetSRID(ST_MakePoint(%(band_x)s, %(band_y)s), 4326),
+                       %(band_outer)s)
+            AND {_DWITHIN})
+    ELSE {_DWITHIN} END"""
 
 
 def _geometry_sql(srid: int | None, digits: int, expr: str = "t.geom") -> sql.Composable:
@@ -181,6 +207,16 @@ def _geometry_sql(srid: int | None, digits: int, expr: str = "t.geom") -> sql.Co
         return sql.SQL("ST_AsGeoJSON({}, {}, 0)").format(sql.SQL(expr), sql.Literal(digits))
     return sql.SQL("ST_AsGeoJSON(ST_Transform({}, {}), {}, 0)").format(sql.SQL(expr), sql.Literal(srid),
                                                                       sql.Literal(digits))
+
+
+def _within_distance(q: FeatureQuery, params: dict) -> sql.Composable:
+    params["distance"] = q.distance_m
+    if q.band is None:
+        return sql.SQL(_DWITHIN)
+    b = q.band
+    params.update(band_x0=b.guard[0], band_y0=b.guard[1], band_x1=b.guard[2], band_y1=b.guard[3], band_kx=b.kx,
+                  band_x=b.x, band_y=b.y, band_inner=b.inner, band_outer=b.outer)
+    return sql.SQL(_DWITHIN_BANDED)
 
 
 def _where(layer: Layer, q: FeatureQuery, params: dict) -> sql.Composable:
@@ -208,67 +244,120 @@ def _where(layer: Layer, q: FeatureQuery, params: dict) -> sql.Composable:
     if q.point is not None:
         params["point"] = q.point
         if q.distance_m is not None:
-            conds.append(sql.SQL("ST_DWithin(t.geom::geography, ST_GeomFromWKB(%(point)s, 4326)::geography, "
-                                 "%(distance)s)"))
-            params["distance"] = q.distance_m
+            conds.append(_within_distance(q, params))
     return sql.SQL(" AND ").join(conds) if conds else sql.SQL("true")
 
 
 def _select_list(layer: Layer, q: FeatureQuery) -> sql.Composable:
+    """Every column by name, for the callers that want rows (``get_feature``, ``export_rows``)."""
     cols = [sql.SQL("{} AS id").format(sql.SQL(layer.id_expr))]
     cols += [sql.SQL("{} AS {}").format(sql.SQL(expr), sql.Identifier(name)) for name, expr in layer.columns]
     cols.append(sql.SQL("{} AS geometry").format(_geometry_sql(q.srid, q.digits)))
-    if q.point is not None:
-        cols.append(sql.SQL("ST_Distance(t.geom::geography, ST_GeomFromWKB(%(point)s, 4326)::geography) "
-                            "AS distance_m"))
     return sql.SQL(", ").join(cols)
 
 
-async def query_features(pool: AsyncConnectionPool, q: FeatureQuery) -> tuple[int, list[dict]]:
-    """(numberMatched, rows) for one page. With ``nearest`` the rows are the N nearest, by
-    geodesic distance; with ``point`` they are ordered by distance; otherwise by id."""
-    layer = LAYERS[q.layer]
-    params: dict[str, Any] = {"limit": q.limit, "offset": q.offset}
+def _feature_select(layer: Layer, q: FeatureQuery) -> sql.Composable:
+    """(id, geometry: GeoJSON text, or WKB when srid is None; properties: JSON text)."""
+    pairs = [sql.SQL("{}, {}").format(sql.Literal(name), sql.SQL(expr)) for name, expr in layer.columns]
+    if q.point is not None:
+        pairs.append(sql.SQL("'distance_m', round(({})::numeric, 3)").format(sql.SQL(_DISTANCE)))
+    return sql.SQL("{id} AS id, {geom} AS geometry, json_build_object({props})::text AS properties").format(
+        id=sql.SQL(layer.id_expr), geom=_geometry_sql(q.srid, q.digits), props=sql.SQL(", ").join(pairs))
+
+
+def _nearest_sql(layer: Layer, q: FeatureQuery, where: sql.Composable, select: sql.Composable,
+                 params: dict) -> sql.Composable:
+    """Exactly the N geodesically nearest, in two steps in one statement: the N nearest in
+    planar lon/lat (the plain GiST index) give a radius, the largest of their geodesic
+    distances, that N features are sure to be within; then every feature within that radius
+    (the geography index) is ranked by geodesic distance, then id."""
+    params["nearest"] = q.nearest
+    return sql.SQL("""
+        WITH knn AS MATERIALIZED (
+            SELECT {dist} AS d FROM {from_} WHERE {where}
+            ORDER BY t.geom <-> {point} LIMIT %(nearest)s),
+        reach AS MATERIALIZED (SELECT max(d) * (1 + 1e-9) + 1e-6 AS r FROM knn)
+        SELECT {select} FROM {from_}
+        WHERE {where} AND t.geom::geography && _ST_Expand({point}::geography, (SELECT r FROM reach))
+          AND {dist} <= (SELECT r FROM reach)
+        ORDER BY {dist}, {id} LIMIT %(nearest)s""").format(
+        dist=sql.SQL(_DISTANCE), point=sql.SQL(_POINT), from_=sql.SQL(layer.from_), where=where, select=select,
+        id=sql.SQL(layer.id_expr))
+
+
+def _feature_sql(layer: Layer, q: FeatureQuery, params: dict) -> tuple[sql.Composable, sql.Composable | None]:
+    """The page query and, unless the page itself tells, the count query."""
     where = _where(layer, q, params)
-    select = _select_list(layer, q)
-    from_ = sql.SQL(layer.from_)
+    select = _feature_select(layer, q)
     if q.nearest is not None:
-        # KNN on the geography index (sphere), then the exact spheroid distance decides.
-        params["candidates"] = q.nearest * 2 + 16
-        params["limit"] = q.nearest
-        query = sql.SQL("""SELECT * FROM (
-                SELECT {select} FROM {from_} WHERE {where}
-                ORDER BY t.geom::geography <-> ST_GeomFromWKB(%(point)s, 4326)::geography
-                LIMIT %(candidates)s) c
-            ORDER BY distance_m, id LIMIT %(limit)s""").format(select=select, from_=from_, where=where)
-        count = None
+        return _nearest_sql(layer, q, where, select, params), None
+    from_, id_ = sql.SQL(layer.from_), sql.SQL(layer.id_expr)
+    order = sql.SQL("{}, {}").format(sql.SQL(_DISTANCE), id_) if q.point is not None else id_
+    params.update(limit=q.limit, offset=q.offset)
+    if q.offset == 0:
+        # PostgreSQL renders (GeoJSON, properties) only the rows the sort lets through.
+        query = sql.SQL("SELECT {select} FROM {from_} WHERE {where} ORDER BY {order} LIMIT %(limit)s").format(
+            select=select, from_=from_, where=where, order=order)
     else:
-        order = sql.SQL("distance_m, id") if q.point is not None else sql.SQL("id")
-        query = sql.SQL("SELECT {select} FROM {from_} WHERE {where} ORDER BY {order} "
-                        "LIMIT %(limit)s OFFSET %(offset)s").format(select=select, from_=from_, where=where,
-                                                                     order=order)
-        count = sql.SQL("SELECT count(*) FROM {from_} WHERE {where}").format(from_=from_, where=where)
+        # The page's ids first: rows an OFFSET skips would otherwise be rendered too.
+        query = sql.SQL("""SELECT {select} FROM {from_}
+                           WHERE {id} = ANY(ARRAY(SELECT {id} FROM {from_} WHERE {where} ORDER BY {order}
+                                                  LIMIT %(limit)s OFFSET %(offset)s))
+                           ORDER BY {order}""").format(select=select, from_=from_, where=where, order=order, id=id_)
+    count = sql.SQL("SELECT count(*) FROM {from_} WHERE {where}").format(from_=from_, where=where)
+    return query, count
+
+
+async def feature_page(pool: AsyncConnectionPool, q: FeatureQuery) -> tuple[int, list[tuple]]:
+    """(numberMatched, rows) for one page; each row is (id, geometry, properties JSON text).
+
+    With ``nearest`` the rows are the N nearest by geodesic distance; with ``point`` they
+    are ordered by distance and carry ``distance_m`` (metres, to the millimetre);
+    otherwise they are ordered by id."""
+    layer = LAYERS[q.layer]
+    params: dict[str, Any] = {}
+    query, count = _feature_sql(layer, q, params)
     with _translated(layer.table):
         async with pool.connection() as conn:
-            cur = await conn.cursor(row_factory=dict_row).execute(query, params)
-            rows = await cur.fetchall()
-            if count is None:
-                matched = len(rows)
-            elif q.offset == 0 and len(rows) < q.limit:
+            rows = await (await conn.execute(query, params)).fetchall()
+            if count is None or (q.offset == 0 and len(rows) < q.limit):
                 matched = len(rows)
             else:
                 matched = (await (await conn.execute(count, params)).fetchone())[0]
     return matched, rows
 
 
+def matching_ids_sql(q: FeatureQuery) -> tuple[sql.Composable, dict]:
+    """The ids a query selects, with the same predicate as :func:`feature_page` but nothing
+    rendered: unordered, or for ``nearest`` the N nearest in order (the benchmark's "query itself")."""
+    layer = LAYERS[q.layer]
+    params: dict[str, Any] = {}
+    where = _where(layer, q, params)
+    id_ = sql.SQL("{} AS id").format(sql.SQL(layer.id_expr))
+    if q.nearest is not None:
+        return _nearest_sql(layer, q, where, id_, params), params
+    return sql.SQL("SELECT {id} FROM {from_} WHERE {where}").format(
+        id=id_, from_=sql.SQL(layer.from_), where=where), params
+
+
 async def get_feature(pool: AsyncConnectionPool, layer_name: str, feature_id: int, *, srid: int | None = 4326,
                       digits: int = 9) -> dict:
-    matched, rows = await query_features(pool, FeatureQuery(layer=layer_name, ids=[feature_id], limit=1,
-                                                            srid=srid, digits=digits))
-    if not rows:
-        noun = _SINGULAR[LAYERS[layer_name].table]
-        raise NotFound(f"{noun} {feature_id} does not exist", code=f"{noun}_not_found")
-    return rows[0]
+    """One feature as a row of named columns (geometry: GeoJSON text, or WKB when srid is None)."""
+    layer = LAYERS[layer_name]
+    q = FeatureQuery(layer=layer_name, srid=srid, digits=digits)
+    query = sql.SQL("SELECT {select} FROM {from_} WHERE {id} = %(id)s").format(
+        select=_select_list(layer, q), from_=sql.SQL(layer.from_), id=sql.SQL(layer.id_expr))
+    with _translated(layer.table):
+        async with pool.connection() as conn:
+            row = await (await conn.cursor(row_factory=dict_row).execute(query, {"id": feature_id})).fetchone()
+    if row is None:
+        raise not_found(layer_name, feature_id)
+    return row
+
+
+def not_found(layer_name: str, feature_id: int) -> NotFound:
+    noun = _SINGULAR[LAYERS[layer_name].table]
+    return NotFound(f"{noun} {feature_id} does not exist", code=f"{noun}_not_found")
 
 
 async def srid_known(pool: AsyncConnectionPool, srid: int) -> bool:

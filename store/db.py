@@ -17,10 +17,12 @@ _LIBPQ_OPTIONS = {
 }
 
 
-def _options(statement_timeout_ms: int | None) -> str:
+def _options(statement_timeout_ms: int | None, *, parallel: bool = True) -> str:
     opts = "-c TimeZone=UTC"
     if statement_timeout_ms:
         opts += f" -c statement_timeout={int(statement_timeout_ms)}"
+    if not parallel:
+        opts += " -c max_parallel_workers_per_gather=0"
     return opts
 
 
@@ -32,9 +34,13 @@ def connect(url: str, *, application_name: str = "cimtwin", autocommit: bool = F
 
 
 def open_async_pool(url: str, *, application_name: str = "cimtwin-api", min_size: int = 1,
-                    max_size: int = 10, statement_timeout_ms: int | None = None) -> AsyncConnectionPool:
-    """An async pool, not yet opened; the caller opens it (FastAPI's lifespan)."""
-    kwargs = {"application_name": application_name, "options": _options(statement_timeout_ms),
+                    max_size: int = 10, statement_timeout_ms: int | None = None,
+                    parallel: bool = False) -> AsyncConnectionPool:
+    """An async pool, not yet opened; the caller opens it (FastAPI's lifespan).
+
+    Parallel query plans are off unless ``parallel``: the API's queries are short, and on a
+    small machine starting workers for them cost 7–20 ms of the p95 (bench/geo.py)."""
+    kwargs = {"application_name": application_name, "options": _options(statement_timeout_ms, parallel=parallel),
               "autocommit": True, **_LIBPQ_OPTIONS}
     return AsyncConnectionPool(url, min_size=min_size, max_size=max_size, kwargs=kwargs,
                                open=False, check=AsyncConnectionPool.check_connection, timeout=5)

@@ -131,14 +131,22 @@ _DEAD_LETTER = """
             last_received_at = greatest(d.last_received_at, excluded.last_received_at)"""
 
 _PENDING = """
-    INSERT INTO pending_devices AS p (vendor_code, ext_id, first_seen, last_seen, messages, last_topic, last_payload)
-    VALUES (%s, %s, %s, %s, %s, %s, %s)
+    INSERT INTO pending_devices AS p (vendor_code, ext_id, first_seen, last_seen, messages, last_topic, last_payload,
+                                      profile_id)
+    VALUES (%s, %s, %s, %s, %s, %s, %s, %s)
     ON CONFLICT (vendor_code, ext_id) DO UPDATE
         SET last_seen = greatest(p.last_seen, excluded.last_seen), messages = p.messages + excluded.messages,
-            last_topic = excluded.last_topic, last_payload = excluded.last_payload"""
+            last_topic = excluded.last_topic, last_payload = excluded.last_payload,
+            profile_id = coalesce(excluded.profile_id, p.profile_id)"""
+
+# A replayed dead letter: stored (replayed_at set) or still failing (the new reason kept).
+_REPLAYED = """
+    UPDATE dead_letters SET replay_attempts = replay_attempts + 1, last_replay_reason = %s,
+                            replayed_at = CASE WHEN %s THEN now() ELSE replayed_at END
+    WHERE id = %s"""
 
 _DEVICES = """
-    SELECT v.code, d.ext_id, d.id, s.channel, s.id, s.min_value, s.max_value
+    SELECT v.code, d.ext_id, d.id, d.profile_id, s.channel, s.id, s.min_value, s.max_value
     FROM unnest(%s::text[], %s::text[]) AS k(vendor_code, ext_id)
     JOIN vendors v ON v.code = k.vendor_code
     JOIN devices d ON d.vendor_id = v.id AND d.ext_id = k.ext_id
@@ -156,6 +164,7 @@ class SensorRef:
 class DeviceRef:
     id: int
     sensors: dict[str, SensorRef] = field(default_factory=dict)
+    profile_id: int | None = None  # the profile version the device is pinned to
 
 
 @dataclass(slots=True)
@@ -171,6 +180,13 @@ class DeadLetter:
     occurrences: int = 1
 
 
+@dataclass(frozen=True, slots=True)
+class ReplayOutcome:
+    dead_letter_id: int
+    stored: bool
+    reason: str | None  # why it still fails (or what part failed), None when fully stored
+
+
 @dataclass(slots=True)
 class PendingDevice:
     vendor_code: str
@@ -180,6 +196,7 @@ class PendingDevice:
     first_seen: datetime
     last_seen: datetime
     messages: int = 1
+    profile_id: int | None = None
 
 
 def week_starts(times: Iterable[datetime]) -> set[int]:
@@ -347,8 +364,8 @@ def _lookup_devices(conn: psycopg.Connection, keys: Sequence[tuple[str, str]]) -
     found: dict[tuple[str, str], DeviceRef] = {}
     rows = conn.execute(_DEVICES, ([k[0] for k in keys], [k[1] for k in keys])).fetchall()
     conn.rollback()
-    for vendor, ext_id, device_id, channel, sensor_id, lo, hi in rows:
-        ref = found.setdefault((vendor, ext_id), DeviceRef(device_id))
+    for vendor, ext_id, device_id, profile_id, channel, sensor_id, lo, hi in rows:
+        ref = found.setdefault((vendor, ext_id), DeviceRef(device_id, profile_id=profile_id))
         if channel is not None:
             ref.sensors[channel] = SensorRef(sensor_id, lo, hi)
     return found
@@ -455,23 +472,25 @@ class ReadingWriter:
 
     def write(self, rows: Sequence[tuple[datetime, int, float, datetime]], *,
               dead_letters: Sequence[DeadLetter] = (), pending: Sequence[PendingDevice] = (),
-              prepared: PreparedRows | None = None) -> int:
+              prepared: PreparedRows | None = None, replays: Sequence[ReplayOutcome] = ()) -> int:
         """Store one batch in one transaction; returns how many readings were new.
 
-        ``prepared`` is ``prepare_rows(rows)`` if the caller has already computed it.
+        ``prepared`` is ``prepare_rows(rows)`` if the caller has already computed it;
+        ``replays`` marks the dead letters this batch replayed, in the same transaction.
         """
         if rows and (prepared is None or prepared.count != len(rows)):
             prepared = prepare_rows(rows)
         try:
-            return self._write(rows, dead_letters, pending, prepared)
+            return self._write(rows, dead_letters, pending, prepared, replays)
         except psycopg.errors.CheckViolation:
             if self.timescaledb or not self._weeks_ready:
                 raise
             # A partition we knew of was dropped (retention): look again.
             self._weeks_ready.clear()
-            return self._write(rows, dead_letters, pending, prepared)
+            return self._write(rows, dead_letters, pending, prepared, replays)
 
-    def _write(self, rows, dead_letters, pending, prepared: PreparedRows | None) -> int:
+    def _write(self, rows, dead_letters, pending, prepared: PreparedRows | None,
+               replays: Sequence[ReplayOutcome] = ()) -> int:
         conn = self._connection()
         try:
             inserted = 0
@@ -499,8 +518,10 @@ class ReadingWriter:
                         for d in dead_letters])
                 if pending:
                     cur.executemany(_PENDING, [
-                        (p.vendor_code, p.ext_id, p.first_seen, p.last_seen, p.messages, p.topic, p.payload)
+                        (p.vendor_code, p.ext_id, p.first_seen, p.last_seen, p.messages, p.topic, p.payload, p.profile_id)
                         for p in pending])
+                if replays:
+                    cur.executemany(_REPLAYED, [(r.reason, r.stored, r.dead_letter_id) for r in replays])
             conn.commit()
             if rows:
                 if fast:

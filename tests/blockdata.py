@@ -143,6 +143,13 @@ def seed(db) -> Seeded:
     return out
 
 
+def oapif_url(api: ApiServer) -> str:
+    """GDAL's OAPIF connection string with the API key in the URL: GDAL adds it to every request it
+    builds, and the paging links carry it. (GDAL 3.6's OAPIF driver also honours GDAL_HTTP_HEADERS;
+    later ones send their own headers instead, so the URL is the way that works for all.)"""
+    return f"OAPIF:{api.url}/ogc?api_key={api.headers['X-API-Key']}"
+
+
 # Fixtures shared by the OGC and tile tests: one API server per module, data seeded per test.
 @pytest.fixture
 def world(db):

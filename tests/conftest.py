@@ -9,17 +9,19 @@ from urllib.parse import urlsplit, urlunsplit
 
 import psycopg
 import pytest
+from pydantic import SecretStr
 
 from cimtwin.settings import Settings
 from cimtwin.store.migrate import migrate
 
-from .helpers import ApiServer, Broker, IngestProcess, Publisher, clear_mqtt_session, create_database
+from .helpers import (TEST_ADMIN_KEY, ApiServer, Broker, IngestProcess, Publisher, clear_mqtt_session,
+                      create_database)
 
 # One database per pytest process, so concurrent runs never share or drop each other's.
 TEST_DB = os.environ.get("CIMTWIN_TEST_DATABASE", f"cimtwin_test_{os.getpid()}")
 DATA_TABLES = ["readings", "readings_1m", "readings_1h", "latest", "dead_letters", "pending_devices",
-               "sensors", "devices", "vendors", "party_assignments", "parties", "components", "rooms",
-               "floors", "buildings", "areas"]
+               "sensors", "devices", "mqtt_credentials", "api_keys", "audit_log", "vendors",
+               "party_assignments", "parties", "components", "rooms", "floors", "buildings", "areas"]
 
 
 def _with_db(url: str, dbname: str) -> str:
@@ -30,7 +32,7 @@ def _with_db(url: str, dbname: str) -> str:
 @pytest.fixture(scope="session")
 def broker(tmp_path_factory) -> Broker:
     """This session's own Mosquitto, with the project's broker configuration."""
-    broker = Broker(tmp_path_factory.mktemp("mosquitto"))
+    broker = Broker()  # in a directory of its own that the 'mosquitto' user can reach
     broker.start()
     yield broker
     broker.stop()
@@ -38,7 +40,9 @@ def broker(tmp_path_factory) -> Broker:
 
 @pytest.fixture(scope="session")
 def base_settings(broker: Broker) -> Settings:
-    return Settings(mqtt_url=broker.url)
+    # Every API server in the tests accepts this admin key, and ApiServer sends it (tests/helpers.py).
+    # The broker's login: its service account, password and ACL files (tests/helpers.py Broker).
+    return Settings(mqtt_url=broker.url, admin_api_key=SecretStr(TEST_ADMIN_KEY), **broker.settings_overrides)
 
 
 @pytest.fixture(scope="session")

@@ -9,6 +9,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterable
@@ -21,6 +22,10 @@ from paho.mqtt.enums import CallbackAPIVersion
 
 from cimtwin.ingest.worker import connect_properties
 from cimtwin.settings import REPO_ROOT, Settings, settings_env
+
+
+# The admin key of the tests' settings (tests/conftest.py); ApiServer sends it unless told otherwise.
+TEST_ADMIN_KEY = "test-admin-key-0123456789abcdef"
 
 
 def wait_for(predicate: Callable[[], object], *, timeout: float, interval: float = 0.1, message: str = ""):
@@ -53,6 +58,14 @@ def create_database(admin_url: str, name: str) -> None:
                 time.sleep(0.5)
 
 
+def login(client: mqtt.Client, settings: Settings):
+    """Gives a paho client the settings' broker login (the service account); returns the endpoint."""
+    ep = settings.mqtt
+    if ep.username:
+        client.username_pw_set(ep.username, ep.password)
+    return ep
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -60,22 +73,40 @@ def free_port() -> int:
 
 
 class Broker:
-    """A Mosquitto of this test session's own, run with the shipped deploy/mosquitto/cimtwin.conf."""
+    """A Mosquitto of this test session's own, run with the shipped deploy/mosquitto/cimtwin.conf.
 
-    def __init__(self, workdir: Path):
-        self.dir = workdir
+    Like deploy/bootstrap.sh's, it requires logins: its password and ACL files, pid file and the
+    service account's password live in its directory (``settings_overrides`` points settings there).
+    """
+
+    def __init__(self, workdir: Path | None = None):
+        # Mosquitto drops to the 'mosquitto' user right after reading its configuration, and that
+        # user must reach its directory (pid file, password and ACL files, log, persistence): pytest's
+        # own tmp tree is root-only (0700), so by default the broker gets a directory of its own in /tmp.
+        self._own_dir = workdir is None
+        self.dir = Path(tempfile.mkdtemp(prefix="cimtwin-test-mosquitto-")) if workdir is None else workdir
         self.port = free_port()
         self.proc: subprocess.Popen | None = None
 
+    @property
+    def settings_overrides(self) -> dict:
+        return {"mqtt_service_password_file": self.dir / "service.password", "broker_auth_dir": self.dir,
+                "broker_pid_file": self.dir / "mosquitto.pid"}
+
     def start(self) -> None:
+        from cimtwin.broker_auth import refresh_service_account
+
         self.dir.mkdir(parents=True, exist_ok=True)
         conf = self.dir / "mosquitto.conf"
         lines = [f"listener {self.port} 127.0.0.1", f"persistence_location {self.dir}/",
-                 f"log_dest file {self.dir}/mosquitto.log"]
+                 f"log_dest file {self.dir}/mosquitto.log", f"pid_file {self.dir}/mosquitto.pid",
+                 f"password_file {self.dir}/passwd", f"acl_file {self.dir}/acl"]
         if os.geteuid() == 0:
             # As root Mosquitto drops to the 'mosquitto' user, which must own its directory.
             shutil.chown(self.dir, "mosquitto", "mosquitto")
             lines.append("user mosquitto")
+        # The service account (its password made now) and the ACL; no vendor credentials yet.
+        refresh_service_account(Settings(mqtt_url=self.url, **self.settings_overrides))
         conf.write_text("\n".join(lines) + "\n" + (REPO_ROOT / "deploy/mosquitto/cimtwin.conf").read_text())
         self.proc = subprocess.Popen(["mosquitto", "-c", str(conf)], stdout=subprocess.DEVNULL,
                                      stderr=subprocess.DEVNULL, start_new_session=True)
@@ -93,10 +124,15 @@ class Broker:
     def log(self) -> str:
         return (self.dir / "mosquitto.log").read_text(errors="replace")
 
+    def pid(self) -> int:
+        return int((self.dir / "mosquitto.pid").read_text())
+
     def stop(self) -> None:
         if self.proc and self.proc.poll() is None:
             self.proc.terminate()
             self.proc.wait(timeout=10)
+        if self._own_dir:
+            shutil.rmtree(self.dir, ignore_errors=True)
 
 
 class IngestProcess:
@@ -123,7 +159,7 @@ class IngestProcess:
         client.on_message = lambda c, u, msg: msg.payload and seen.__setitem__(
             msg.topic.rsplit("/", 1)[-1], json.loads(msg.payload))
         client.on_connect = lambda c, *a: c.subscribe(f"{self.settings.status_topic_prefix}/+")
-        ep = self.settings.mqtt
+        ep = login(client, self.settings)
         client.connect(ep.host, ep.port)
         client.loop_start()
         try:
@@ -151,7 +187,7 @@ class IngestProcess:
 
         client.on_message = on_message
         client.on_connect = lambda c, *a: c.subscribe(f"{self.settings.status_topic_prefix}/+")
-        ep = self.settings.mqtt
+        ep = login(client, self.settings)
         client.connect(ep.host, ep.port)
         client.loop_start()
         try:
@@ -181,7 +217,7 @@ class IngestProcess:
 def clear_mqtt_session(settings: Settings, client_id: str) -> None:
     """Ends a persistent session so the broker stops queueing for it, and clears its retained status."""
     client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=client_id, protocol=mqtt.MQTTv5)
-    ep = settings.mqtt
+    ep = login(client, settings)
     client.connect(ep.host, ep.port, clean_start=True, properties=connect_properties(session_expiry_s=0))
     client.loop_start()
     client.publish(f"{settings.status_topic_prefix}/{client_id}", b"", qos=1, retain=True).wait_for_publish(5)
@@ -196,7 +232,7 @@ class Publisher:
         self.client = mqtt.Client(CallbackAPIVersion.VERSION2, protocol=mqtt.MQTTv5)
         self.client.max_inflight_messages_set(max_inflight)
         self.client.max_queued_messages_set(0)
-        ep = settings.mqtt
+        ep = login(self.client, settings)
         self.client.connect(ep.host, ep.port)
         self.client.loop_start()
         self._pending: list[mqtt.MQTTMessageInfo] = []
@@ -230,14 +266,16 @@ class Publisher:
 
 
 class ApiServer:
-    """`cimtwin serve` on a free port."""
+    """`cimtwin serve` on a free port. Its client sends the settings' admin key (X-API-Key)."""
 
     def __init__(self, settings: Settings):
         self.port = free_port()
         self.settings = settings.model_copy(update={"api_port": self.port})
         self.url = f"http://127.0.0.1:{self.port}"
         self.proc: subprocess.Popen | None = None
-        self.client = httpx.Client(base_url=self.url, timeout=10)
+        key = settings.admin_api_key
+        self.headers = {"X-API-Key": key.get_secret_value()} if key is not None else {}
+        self.client = httpx.Client(base_url=self.url, timeout=10, headers=self.headers)
 
     def start(self) -> None:
         self.proc = subprocess.Popen([sys.executable, "-m", "cimtwin.cli", "serve"],

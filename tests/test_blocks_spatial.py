@@ -269,9 +269,13 @@ def test_statement_timeout_is_a_400_not_a_hang(district, database_url):
             started = time.monotonic()
             r = slow.get("/spatial/buildings", params={"point": POINT.wkt, "distance": 100})
             elapsed = time.monotonic() - started
+            started = time.monotonic()
+            posted = slow.post("/spatial/buildings/search", json={"geometry": shapely.geometry.mapping(LUJIAZUI)})
+            post_elapsed = time.monotonic() - started
             locker.rollback()
         assert (r.status_code, r.json()["error"]) == (400, "query_timeout"), r.text
-        assert elapsed < 5
+        assert (posted.status_code, posted.json()["error"]) == (400, "query_timeout"), posted.text
+        assert elapsed < 5 and post_elapsed < 5
         assert slow.get("/spatial/buildings", params={"point": POINT.wkt, "nearest": 1}).status_code == 200
     finally:
         slow.stop()
@@ -327,3 +331,259 @@ def test_sensors_are_where_their_component_room_building_or_device_is(server, di
         assert got == {k for k, dist in zip(geoms, d) if dist <= radius}
     nearest = server.get("/spatial/sensors", params={"point": pole.wkt, "nearest": 2}).json()
     assert [f["properties"]["device"] for f in nearest["features"]][0] == "on-pole"
+
+
+# ----------------------------------------------------------------------------- exactness of the fast paths
+
+def _sample_points(conn, n: int) -> list[shapely.Point]:
+    """Points on, inside and between the demo buildings (deterministic)."""
+    rows = conn.execute("SELECT ST_X(p), ST_Y(p) FROM (SELECT ST_PointOnSurface(geom) AS p FROM buildings "
+                        "ORDER BY id) x").fetchall()
+    rng = np.random.default_rng(7)
+    picks = rng.choice(len(rows), size=n, replace=False)
+    out = []
+    for k, i in enumerate(picks):
+        x, y = rows[i]
+        if k % 3:  # two in three jittered off the building, up to ±300 m
+            dx, dy = rng.uniform(-300, 300, size=2)
+            x, y = x + dx / (111_320 * np.cos(np.radians(y))), y + dy / 111_320
+        out.append(shapely.Point(x, y))
+    return out
+
+
+def test_distance_predicate_is_exactly_the_geodesic_one(district):
+    """The planar band (geo/dwithin.py) only decides rows it is sure of: the ids equal plain
+    ST_DWithin on geography for every layer, including radii that fall exactly on a feature's
+    distance and areas much larger than the guard box."""
+    from cimtwin.geo.dwithin import scaled_band
+    from cimtwin.store import blocks as store
+
+    with psycopg.connect(district.database_url, autocommit=True) as conn:
+        points = _sample_points(conn, 24)
+        checked = settled = 0
+        for layer in ("buildings", "components", "areas"):
+            table = "areas" if layer == "areas" else layer
+            for k, p in enumerate(points):
+                wkb = shapely.to_wkb(p)
+                dists = [d for (d,) in conn.execute(
+                    f"SELECT ST_Distance(geom::geography, ST_GeomFromWKB(%s, 4326)::geography) FROM {table} "
+                    f"ORDER BY 1 LIMIT 40", (wkb,))]
+                tie = dists[min(len(dists) - 1, 5 + k % 20)]
+                for r in (25.0, 200.0, 1234.5, 5_000.0, 40_000.0, tie, tie + 1e-7, max(tie - 1e-7, 1e-3)):
+                    q = store.FeatureQuery(layer=layer, point=wkb, distance_m=r, band=scaled_band(p.x, p.y, r))
+                    query, params = store.matching_ids_sql(q)
+                    got = {i for (i,) in conn.execute(query, params)}
+                    want = {i for (i,) in conn.execute(
+                        f"SELECT id FROM {table} WHERE ST_DWithin(geom::geography, "
+                        f"ST_GeomFromWKB(%s, 4326)::geography, %s)", (wkb, r))}
+                    assert got == want, (layer, p.wkt, r, got ^ want)
+                    checked += 1
+                    if layer == "buildings" and r == 200.0:
+                        # how many candidates the planar test settled without the exact one
+                        band = q.band
+                        settled += conn.execute(
+                            "SELECT count(*) FILTER (WHERE geom @ ST_MakeEnvelope(%s, %s, %s, %s, 4326) AND ("
+                            " ST_DWithin(ST_Scale(geom, %s, 1), ST_SetSRID(ST_MakePoint(%s, %s), 4326), %s)"
+                            " OR NOT ST_DWithin(ST_Scale(geom, %s, 1), ST_SetSRID(ST_MakePoint(%s, %s), 4326), %s)))"
+                            " * 1.0 / greatest(count(*), 1) FROM buildings WHERE geom::geography && "
+                            "_ST_Expand(ST_GeomFromWKB(%s, 4326)::geography, 200)",
+                            (*band.guard, band.kx, band.x, band.y, band.inner, band.kx, band.x, band.y,
+                             band.outer, wkb)).fetchone()[0]
+        assert checked == 3 * 24 * 8
+        # The band is not a no-op: nearly every candidate is settled by the planar test.
+        assert settled / len(points) > 0.9
+
+
+def test_scaled_band_is_withheld_near_the_poles_and_the_antimeridian():
+    from cimtwin.geo.dwithin import scaled_band
+
+    assert scaled_band(121.5, 31.24, 200) is not None
+    assert scaled_band(121.5, 79.99, 200) is not None and scaled_band(121.5, 79.99, 5_000) is None
+    assert scaled_band(179.999, 10.0, 200) is None and scaled_band(-179.999, -10.0, 200) is None
+    band = scaled_band(121.5, 31.24, 200)
+    assert 0 < band.inner < band.outer and band.outer / band.inner < 1.01
+
+
+def test_nearest_is_exactly_the_geodesic_ranking(district, server):
+    """The two-step nearest (planar KNN for a radius, then the geography index) equals a full
+    ranking by geodesic distance, with filters, through the API."""
+    with psycopg.connect(district.database_url, autocommit=True) as conn:
+        points = _sample_points(conn, 15)
+        for k, p in enumerate(points):
+            for layer, n, params, where in (("buildings", 1 + k % 12, {}, "TRUE"),
+                                            ("components", 3, {"kind": "hydrant"}, "kind = 'hydrant'"),
+                                            ("areas", 2, {}, "TRUE")):
+                body = server.get(f"/spatial/{layer}", params={"point": p.wkt, "nearest": n, **params}).json()
+                want = [i for (i,) in conn.execute(
+                    f"SELECT id FROM {layer} WHERE {where} ORDER BY "
+                    f"ST_Distance(geom::geography, ST_GeomFromWKB(%s, 4326)::geography), id LIMIT %s",
+                    (shapely.to_wkb(p), n))]
+                assert [f["id"] for f in body["features"]] == want, (layer, p.wkt, n)
+
+
+def test_distance_and_nearest_take_any_geometry_type(server, district):
+    """Components may be any geometry, collections included: distances still come out."""
+    gc = "GEOMETRYCOLLECTION(POINT(121.5001 31.2401),LINESTRING(121.4999 31.2402,121.5003 31.2404))"
+    with psycopg.connect(district.database_url, autocommit=True) as conn:
+        cid = conn.execute("INSERT INTO components (ext_id, kind, geom) VALUES ('test-gc', 'gas_pipe', "
+                           "ST_GeomFromText(%s, 4326)) RETURNING id", (gc,)).fetchone()[0]
+        try:
+            p = shapely.Point(121.5, 31.24)
+            want = conn.execute("SELECT ST_Distance(geom::geography, ST_GeomFromWKB(%s, 4326)::geography) "
+                                "FROM components WHERE id = %s", (shapely.to_wkb(p), cid)).fetchone()[0]
+            for params in ({"distance": 50}, {"nearest": 1}):
+                r = server.get("/spatial/components", params={"point": p.wkt, "kind": "gas_pipe", **params})
+                assert r.status_code == 200, r.text
+                feats = r.json()["features"]
+                assert [f["id"] for f in feats] == [cid] and feats[0]["geometry"]["type"] == "GeometryCollection"
+                assert feats[0]["properties"]["distance_m"] == pytest.approx(want, abs=0.0005)
+        finally:
+            conn.execute("DELETE FROM components WHERE id = %s", (cid,))
+
+
+def test_api_pool_runs_without_parallel_plans(district):
+    import asyncio
+
+    from cimtwin.store.db import open_async_pool
+
+    async def show() -> tuple[str, str]:
+        pool = open_async_pool(district.database_url, max_size=1)
+        await pool.open()
+        try:
+            async with pool.connection() as conn:
+                off = (await (await conn.execute("SHOW max_parallel_workers_per_gather")).fetchone())[0]
+        finally:
+            await pool.close()
+        pool = open_async_pool(district.database_url, max_size=1, parallel=True)
+        await pool.open()
+        try:
+            async with pool.connection() as conn:
+                on = (await (await conn.execute("SHOW max_parallel_workers_per_gather")).fetchone())[0]
+        finally:
+            await pool.close()
+        return off, on
+
+    off, on = asyncio.run(show())
+    assert off == "0" and on != "0"
+
+
+# ----------------------------------------------------------------------------- POST search
+
+def post_all(server, path: str, body: dict) -> tuple[list[dict], int]:
+    """Every feature of a POST search, following its next links (POST, body merged)."""
+    features, matched = [], None
+    r = server.post(path, json=body)
+    while True:
+        assert r.status_code == 200, r.text
+        page = r.json()
+        matched = page["numberMatched"] if matched is None else matched
+        assert page["numberMatched"] == matched and page["numberReturned"] == len(page["features"])
+        features += page["features"]
+        nxt = [link for link in page["links"] if link["rel"] == "next"]
+        if not nxt:
+            break
+        assert nxt[0]["method"] == "POST" and nxt[0]["merge"] is True
+        r = server.post(nxt[0]["href"], json={**body, **nxt[0]["body"]})
+    assert len(features) == matched
+    return features, matched
+
+
+def test_post_search_answers_like_the_get_form(server, buildings, components):
+    lujiazui = shapely.geometry.mapping(LUJIAZUI)
+    got, matched = post_all(server, "/spatial/buildings/search", {"geometry": lujiazui, "limit": 40})
+    assert ext_ids(got) == set(buildings["ext_id"][buildings.intersects(LUJIAZUI)]) and matched > 40
+    assert len({f["id"] for f in got}) == matched
+
+    get_page = server.get("/spatial/buildings", params={"geom": LUJIAZUI.wkt, "limit": 1000, "crs": "EPSG:4549"})
+    post_page = server.post("/spatial/buildings/search", json={"geometry": lujiazui, "limit": 1000,
+                                                               "crs": "EPSG:4549"})
+    assert post_page.headers["content-crs"] == get_page.headers["content-crs"]
+    assert post_page.json()["features"] == get_page.json()["features"]
+
+    within, _ = post_all(server, "/spatial/buildings/search", {"geometry": lujiazui, "relation": "within"})
+    assert ext_ids(within) == set(buildings["ext_id"][buildings.covered_by(LUJIAZUI)])
+
+    hydrants, _ = post_all(server, "/spatial/components/search", {"geometry": lujiazui,
+                                                                  "filters": {"kind": ["hydrant"]}})
+    assert ext_ids(hydrants) == set(components["ext_id"][components.intersects(LUJIAZUI)
+                                                         & (components["kind"] == "hydrant")]) != set()
+
+    # bbox in another CRS, point + distance, nearest; a GCJ-02 point
+    to_3857 = pyproj.Transformer.from_crs(4326, 3857, always_xy=True)
+    x0, y0 = to_3857.transform(121.486, 31.232)
+    x1, y1 = to_3857.transform(121.494, 31.240)
+    boxed, _ = post_all(server, "/spatial/buildings/search", {"bbox": [x0, y0, x1, y1], "bbox-crs": "EPSG:3857"})
+    box_ll = shapely.box(121.486, 31.232, 121.494, 31.240)
+    near_edge = set(buildings["ext_id"][shapely.distance(buildings.geometry.values, box_ll.boundary) < 1e-6])
+    assert (ext_ids(boxed) ^ set(buildings["ext_id"][buildings.intersects(box_ll)])) <= near_edge
+    assert len(boxed) > 20
+
+    near, _ = post_all(server, "/spatial/buildings/search", {"point": [POINT.x, POINT.y], "distance": 200,
+                                                             "limit": 25})
+    d = geodesic_distance_m(POINT, buildings.geometry.values)
+    assert (ext_ids(near) ^ set(buildings["ext_id"][d <= 200])) <= set(buildings["ext_id"][np.abs(d - 200) < 0.5])
+    gx, gy = wgs84_to_gcj02(POINT.x, POINT.y)
+    nearest = server.post("/spatial/buildings/search", json={
+        "point": {"type": "Point", "coordinates": [float(gx), float(gy)]}, "geom-crs": "GCJ02", "nearest": 5})
+    by_get = server.get("/spatial/buildings", params={"point": POINT.wkt, "nearest": 5})
+    assert [f["id"] for f in nearest.json()["features"]] == [f["id"] for f in by_get.json()["features"]]
+
+
+def test_post_search_limits_are_clear_4xx(server):
+    big = shapely.geometry.mapping(shapely.Point(121.5, 31.24).buffer(0.01, quad_segs=200))  # 801 vertices > 500
+    cases = [
+        ({"limit": 10_001}, 400, "limit_too_large"),
+        ({"point": [121.5, 31.24], "nearest": 20_000}, 400, "limit_too_large"),
+        ({"bbox": [100, 20, 125, 40]}, 400, "bbox_too_large"),
+        ({"geometry": shapely.geometry.mapping(shapely.box(110, 20, 125, 35))}, 400, "bbox_too_large"),
+        ({"point": [121.5, 31.24], "distance": 100_000}, 400, "distance_too_large"),
+        ({"geometry": big}, 400, "invalid_geometry"),
+        ({"geometry": {"type": "Polygon", "coordinates": [[[1, 2], [3, 4]]]}}, 400, "invalid_geometry"),
+        ({"bbox": [121.5, 31.24, 121.4, 31.25]}, 400, "invalid_bbox"),
+        ({"distance": 50}, 400, "point_required"),
+        ({"point": {"type": "LineString", "coordinates": [[121.5, 31.2], [121.6, 31.3]]}, "distance": 50}, 400,
+         "invalid_geometry"),
+        ({"geometry": {"type": "Point", "coordinates": [121.5, 31.24]}, "crs": "EPSG:99999"}, 400, "unknown_crs"),
+        ({"filters": {"kind": ["hydrant"]}}, 400, "invalid_filter"),  # buildings have no kind
+    ]
+    for body, status, code in cases:
+        r = server.post("/spatial/buildings/search", json=body)
+        assert (r.status_code, r.json()["error"]) == (status, code), (body, r.text)
+        assert r.json()["detail"]
+    for body in ({"limit": 0}, {"distance": -1, "point": [1, 2]}, {"nope": 1}, {"filters": {"nope": 1}},
+                 {"relation": "touches"}, {"point": [1, 2, 3, 4]}, {"bbox": [1, 2, 3]}):
+        assert server.post("/spatial/buildings/search", json=body).status_code == 422, body
+    assert server.post("/spatial/nope/search", json={}).status_code == 422
+
+
+def test_one_bbox_limit_for_spatial_and_ogc_and_post_takes_polygons_too_long_for_a_url(district):
+    """A district-sized bbox passes (QGIS asks for a layer's whole extent); one setting limits
+    /spatial and /ogc alike; and a query polygon of thousands of vertices goes by POST."""
+    # the default limit (250,000 km²): a 60 km × 55 km bbox over the whole district is fine
+    wide = ApiServer(district.model_copy(update={"api_max_geometry_vertices": 10_000}))
+    wide.start()
+    try:
+        body = wide.get("/spatial/buildings", params={"bbox": "121.2,31.0,121.83,31.5", "limit": 1}).json()
+        assert body["numberMatched"] == 1450
+        # ~5,000 vertices: far past what a URL carries, fine in a body
+        ring = shapely.Point(121.5, 31.24).buffer(0.004, quad_segs=1250)
+        assert len(ring.exterior.coords) > 5000 and len(ring.wkt) > 100_000
+        got, _ = post_all(wide, "/spatial/buildings/search", {"geometry": shapely.geometry.mapping(ring),
+                                                              "limit": 1000})
+        expected = set(shanghai()["ext_id"][shanghai().intersects(ring)])
+        assert ext_ids(got) == expected and len(expected) > 30
+    finally:
+        wide.stop()
+    tight = ApiServer(district.model_copy(update={"max_bbox_km2": 1_000.0}))
+    tight.start()
+    try:
+        box = "121.3,31.1,121.7,31.4"  # ~38 km × 33 km
+        for path, params in (("/spatial/buildings", {"bbox": box}), ("/ogc/collections/buildings/items",
+                                                                     {"bbox": box})):
+            r = tight.get(path, params=params)
+            assert (r.status_code, r.json()["error"]) == (400, "bbox_too_large"), (path, r.text)
+        r = tight.post("/spatial/buildings/search", json={"bbox": [121.3, 31.1, 121.7, 31.4]})
+        assert (r.status_code, r.json()["error"]) == (400, "bbox_too_large")
+        assert tight.get("/spatial/buildings", params={"bbox": "121.48,31.22,121.52,31.26"}).status_code == 200
+    finally:
+        tight.stop()

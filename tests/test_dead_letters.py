@@ -99,7 +99,8 @@ def test_mosquitto_pub_client_and_repeated_bad_payload_folds(db, register, inges
     register("acme", {"dev-1": ["temp"]})
     ingest()
     ep = settings.mqtt
-    base = ["mosquitto_pub", "-h", ep.host, "-p", str(ep.port), "-q", "1", "-V", "mqttv5", "-t", TOPIC]
+    base = ["mosquitto_pub", "-h", ep.host, "-p", str(ep.port), "-u", ep.username, "-P", ep.password,
+            "-q", "1", "-V", "mqttv5", "-t", TOPIC]
     subprocess.run(base + ["-m", json.dumps({"readings": [{"channel": "temp", "value": 19.25}]})], check=True)
     for _ in range(2):
         subprocess.run(base + ["-m", "temp=19.25"], check=True)

@@ -19,6 +19,7 @@ from shapely.geometry import box, shape
 from cimtwin.geo.crs import wgs84_to_gcj02
 
 from .blockdata import api, server, world  # noqa: F401  (fixtures)
+from .blockdata import oapif_url
 
 CRS84 = "http://www.opengis.net/def/crs/OGC/1.3/CRS84"
 GCJ02 = "urn:cimtwin:crs:gcj02"
@@ -268,7 +269,7 @@ def test_errors_are_clear_4xx(api, world):
 
 
 def test_gdal_36_ogrinfo_reads_the_collections(api, world):
-    url = f"OAPIF:{api.url}/ogc"
+    url = oapif_url(api)
     listing = ogrinfo("-so", url)
     for i, name in enumerate(COLLECTIONS, start=1):
         assert re.search(rf"^{i}: {name} \(title: ", listing, re.M), listing
@@ -295,7 +296,7 @@ def test_gdal_36_ogrinfo_reads_the_collections(api, world):
 
 
 def test_pyogrio_reads_in_crs84_and_in_other_crs(api, world):
-    url = f"OAPIF:{api.url}/ogc"
+    url = oapif_url(api)
     assert [name for name, _ in pyogrio.list_layers(url)] == COLLECTIONS
     frame = pyogrio.read_dataframe(url, layer="buildings")
     assert len(frame) == 400 and frame.crs.equals("OGC:CRS84")

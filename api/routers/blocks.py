@@ -12,6 +12,7 @@ from typing import Annotated
 
 from fastapi import APIRouter, Depends, Query, Request, Response, status
 
+from cimtwin.api.auth import ANY_ROLE, READERS, STAFF, Principal, require
 from cimtwin.api.deps import get_pool
 from cimtwin.api.services import blocks as service
 from cimtwin.api.services.spatial import GEOJSON, SpatialArgs, query_layer
@@ -36,9 +37,16 @@ from cimtwin.schemas.blocks import (
     RoomPatch,
     SensorPlaceIn,
 )
+from cimtwin.schemas.access import Role
 from cimtwin.settings import get_settings
 
 router = APIRouter(tags=["blocks"])
+
+# Every role reads block data (vendors to place their sensors); admin and operator write it.
+# Parties are not for vendors. A vendor places only its own sensors and devices.
+_WRITE = [Depends(require(*STAFF))]
+_READ_PARTIES = [Depends(require(*READERS))]
+_PLACE = require(*STAFF, Role.vendor)
 
 _GEO = {200: {"content": {GEOJSON: {}}, "description": "GeoJSON"}}
 CrsParam = Annotated[str | None, Query(description="Output CRS: CRS84 (default), EPSG:4326, EPSG:4490 "
@@ -148,21 +156,21 @@ def _crud(path: str, layer: str, body_in, body_patch, noun: str) -> None:
         return _geojson(await service.spatial.feature(pool=pool, layer=layer, feature_id=feature_id, crs=crs))
 
     @router.post(f"/{path}", status_code=status.HTTP_201_CREATED, responses={201: _GEO[200]},
-                 response_class=Response, summary=f"Create a {noun}", name=f"create_{layer}")
+                 response_class=Response, summary=f"Create a {noun}", name=f"create_{layer}", dependencies=_WRITE)
     async def create(body: body_in, geom_crs: GeomCrsParam = None, crs: CrsParam = None, pool=Depends(get_pool)):
         return _geojson(await service.create_feature(pool=pool, settings=get_settings(), layer=layer, body=body,
                                                      geom_crs=geom_crs, crs=crs), status.HTTP_201_CREATED)
 
     @router.patch(f"/{path}/{{feature_id}}", responses=_GEO, response_class=Response,
                   summary=f"Change a {noun} (only the fields given; a link set to null is derived again)",
-                  name=f"update_{layer}")
+                  name=f"update_{layer}", dependencies=_WRITE)
     async def patch(feature_id: int, body: body_patch, geom_crs: GeomCrsParam = None, crs: CrsParam = None,
                     pool=Depends(get_pool)):
         return _geojson(await service.update_feature(pool=pool, settings=get_settings(), layer=layer,
                                                      feature_id=feature_id, body=body, geom_crs=geom_crs, crs=crs))
 
     @router.delete(f"/{path}/{{feature_id}}", status_code=status.HTTP_204_NO_CONTENT, summary=f"Delete a {noun}",
-                   name=f"delete_{layer}")
+                   name=f"delete_{layer}", dependencies=_WRITE)
     async def delete(feature_id: int, pool=Depends(get_pool)):
         await service.delete_feature(pool=pool, layer=layer, feature_id=feature_id)
         return Response(status_code=status.HTTP_204_NO_CONTENT)
@@ -177,35 +185,36 @@ _crud("components", "components", ComponentIn, ComponentPatch, "component")
 
 # ----------------------------------------------------------------------------- parties
 
-@router.get("/parties", summary="Responsible parties (责任主体)")
+@router.get("/parties", summary="Responsible parties (责任主体)", dependencies=_READ_PARTIES)
 async def list_parties(request: Request, kind: PartyKind | None = None, q: str | None = None, limit: Limit = 100,
                        offset: Offset = 0, pool=Depends(get_pool)):
     return await service.list_parties(pool=pool, settings=get_settings(), kind=kind, q=q, limit=limit,
                                        offset=offset, url=str(request.url))
 
 
-@router.post("/parties", status_code=status.HTTP_201_CREATED, summary="Create a party")
+@router.post("/parties", status_code=status.HTTP_201_CREATED, summary="Create a party", dependencies=_WRITE)
 async def create_party(body: PartyIn, pool=Depends(get_pool)):
     return await service.create_party(pool=pool, body=body)
 
 
-@router.get("/parties/{party_id}", summary="One party")
+@router.get("/parties/{party_id}", summary="One party", dependencies=_READ_PARTIES)
 async def get_party(party_id: int, pool=Depends(get_pool)):
     return await service.get_party(pool=pool, party_id=party_id)
 
 
-@router.patch("/parties/{party_id}", summary="Change a party")
+@router.patch("/parties/{party_id}", summary="Change a party", dependencies=_WRITE)
 async def update_party(party_id: int, body: PartyPatch, pool=Depends(get_pool)):
     return await service.update_party(pool=pool, party_id=party_id, body=body)
 
 
-@router.delete("/parties/{party_id}", status_code=status.HTTP_204_NO_CONTENT, summary="Delete a party")
+@router.delete("/parties/{party_id}", status_code=status.HTTP_204_NO_CONTENT, summary="Delete a party",
+               dependencies=_WRITE)
 async def delete_party(party_id: int, pool=Depends(get_pool)):
     await service.delete_party(pool=pool, party_id=party_id)
     return Response(status_code=status.HTTP_204_NO_CONTENT)
 
 
-@router.get("/party-assignments", summary="What each party answers for")
+@router.get("/party-assignments", summary="What each party answers for", dependencies=_READ_PARTIES)
 async def list_assignments(request: Request, party_id: int | None = None, area_id: int | None = None,
                            building_id: int | None = None, room_id: int | None = None,
                            component_id: int | None = None, component_kind: str | None = None,
@@ -217,18 +226,20 @@ async def list_assignments(request: Request, party_id: int | None = None, area_i
 
 
 @router.post("/party-assignments", status_code=status.HTTP_201_CREATED, response_model=Assignment,
-             summary="Assign a party to an area, building, room, component, or a component kind in an area")
+             summary="Assign a party to an area, building, room, component, or a component kind in an area",
+             dependencies=_WRITE)
 async def create_assignment(body: AssignmentIn, pool=Depends(get_pool)):
     return await service.create_assignment(pool=pool, body=body)
 
 
-@router.get("/party-assignments/{assignment_id}", response_model=Assignment, summary="One party assignment")
+@router.get("/party-assignments/{assignment_id}", response_model=Assignment, summary="One party assignment",
+            dependencies=_READ_PARTIES)
 async def get_assignment(assignment_id: int, pool=Depends(get_pool)):
     return await service.get_assignment(pool=pool, assignment_id=assignment_id)
 
 
 @router.delete("/party-assignments/{assignment_id}", status_code=status.HTTP_204_NO_CONTENT,
-               summary="Remove a party assignment")
+               summary="Remove a party assignment", dependencies=_WRITE)
 async def delete_assignment(assignment_id: int, pool=Depends(get_pool)):
     await service.delete_assignment(pool=pool, assignment_id=assignment_id)
     return Response(status_code=status.HTTP_204_NO_CONTENT)
@@ -238,19 +249,24 @@ async def delete_assignment(assignment_id: int, pool=Depends(get_pool)):
 
 @router.get("/sensors/{sensor_id}/place", responses=_GEO, response_class=Response, tags=["registry"],
             summary="Where a sensor is: its component's, room's or building's geometry, or its device's point")
-async def get_sensor_place(sensor_id: int, crs: CrsParam = None, pool=Depends(get_pool)):
-    return _geojson(await service.sensor_place(pool=pool, sensor_id=sensor_id, crs=crs))
+async def get_sensor_place(sensor_id: int, crs: CrsParam = None, principal: Principal = Depends(require(*ANY_ROLE)),
+                           pool=Depends(get_pool)):
+    return _geojson(await service.sensor_place(pool=pool, sensor_id=sensor_id, crs=crs,
+                                               vendor_id=principal.vendor_scope))
 
 
 @router.put("/sensors/{sensor_id}/place", responses=_GEO, response_class=Response, tags=["registry"],
             summary="Link a sensor to a component, room or building (all null: its device's point)")
-async def set_sensor_place(sensor_id: int, body: SensorPlaceIn, crs: CrsParam = None, pool=Depends(get_pool)):
-    return _geojson(await service.set_sensor_place(pool=pool, sensor_id=sensor_id, body=body, crs=crs))
+async def set_sensor_place(sensor_id: int, body: SensorPlaceIn, crs: CrsParam = None,
+                           principal: Principal = Depends(_PLACE), pool=Depends(get_pool)):
+    return _geojson(await service.set_sensor_place(pool=pool, sensor_id=sensor_id, body=body, crs=crs,
+                                                   vendor_id=principal.vendor_scope))
 
 
 @router.put("/devices/{device_id}/location", status_code=status.HTTP_204_NO_CONTENT, tags=["registry"],
             summary="Set (or clear) a device's point")
 async def set_device_location(device_id: int, body: DeviceLocationIn, geom_crs: GeomCrsParam = None,
-                              pool=Depends(get_pool)):
-    await service.set_device_location(pool=pool, device_id=device_id, geometry=body.geometry, geom_crs=geom_crs)
+                              principal: Principal = Depends(_PLACE), pool=Depends(get_pool)):
+    await service.set_device_location(pool=pool, device_id=device_id, geometry=body.geometry, geom_crs=geom_crs,
+                                      vendor_id=principal.vendor_scope)
     return Response(status_code=status.HTTP_204_NO_CONTENT)

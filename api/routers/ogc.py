@@ -7,6 +7,7 @@ from typing import Annotated
 from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import JSONResponse, Response
 
+from cimtwin.api.auth import API_KEY_PARAM, key_in_url
 from cimtwin.api.deps import get_pool
 from cimtwin.api.services import ogc as service
 
@@ -81,11 +82,13 @@ async def items(
     f: Annotated[str | None, Query(description="json")] = None,
     pool=Depends(get_pool),
 ) -> Response:
-    filters = [(k, v) for k, v in request.query_params.multi_items() if k not in service.ITEM_PARAMS]
+    # ?api_key= authenticates (api/auth.py); it is not a property filter.
+    filters = [(k, v) for k, v in request.query_params.multi_items()
+               if k not in service.ITEM_PARAMS and k != API_KEY_PARAM]
     return _geojson(await service.items(
         pool=pool, settings=_settings(request), base_url=_base(request), collection_id=collection_id,
         bbox=bbox, bbox_crs=bbox_crs, crs=crs, limit=limit, offset=offset, datetime_=datetime,
-        result_type=resultType, f=f, filters=filters))
+        result_type=resultType, f=f, filters=filters, link_params=key_in_url(request)))
 
 
 @router.get("/collections/{collection_id}/items/{feature_id}", response_class=Response,

@@ -5,6 +5,7 @@ from fastapi.responses import JSONResponse
 
 from cimtwin.errors import NotFound
 from cimtwin.schemas import CanonicalMessage, DeviceIn
+from cimtwin.schemas.profiles import Profile
 
 router = APIRouter(prefix="/schemas", tags=["schemas"])
 
@@ -12,6 +13,7 @@ router = APIRouter(prefix="/schemas", tags=["schemas"])
 SCHEMAS = {
     "canonical-message": CanonicalMessage,
     "device": DeviceIn,
+    "profile": Profile,
 }
 
 

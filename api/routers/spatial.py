@@ -9,6 +9,7 @@ from fastapi import APIRouter, Depends, Query, Request, Response
 
 from cimtwin.api.deps import get_pool
 from cimtwin.api.services import spatial as service
+from cimtwin.schemas.spatial import SpatialSearch
 from cimtwin.settings import get_settings
 
 from .blocks import _GEO, CrsParam, GeomCrsParam, SpatialArgs, _geojson, spatial_args
@@ -33,3 +34,13 @@ async def query(request: Request, layer: Literal["buildings", "components", "sen
     filters = {"kind": kind, "area": area}
     return _geojson(await service.query_layer(pool=pool, settings=get_settings(), layer=layer, args=args,
                                               filters=filters, url=str(request.url)))
+
+
+@router.post("/{layer}/search", responses=_GEO, response_class=Response,
+             summary="The same query with its parameters in a JSON body (for query polygons too long for a URL)")
+async def search(request: Request, layer: Literal["buildings", "components", "sensors", "areas"],
+                 body: SpatialSearch, pool=Depends(get_pool)):
+    """The parameters of ``GET /spatial/{layer}`` as JSON, with the same limits. The ``next``
+    link says to POST the same body again with its ``offset`` and ``limit`` merged in."""
+    return _geojson(await service.search(pool=pool, settings=get_settings(), layer=layer, body=body,
+                                         url=str(request.url)))

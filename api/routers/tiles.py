@@ -5,6 +5,7 @@ from __future__ import annotations
 from fastapi import APIRouter, Depends, Header, Request
 from fastapi.responses import JSONResponse, Response
 
+from cimtwin.api.auth import key_in_url
 from cimtwin.api.deps import get_pool
 from cimtwin.api.services import tiles as service
 
@@ -17,13 +18,13 @@ def _base(request: Request) -> str:
 
 @router.get("", summary="The tile layers, with their TileJSON")
 async def layers(request: Request) -> JSONResponse:
-    return JSONResponse(service.layers(base_url=_base(request)))
+    return JSONResponse(service.layers(base_url=_base(request), link_params=key_in_url(request)))
 
 
 @router.get("/{layer}.json", summary="TileJSON 3.0.0 of one layer")
 async def tilejson(layer: str, request: Request, pool=Depends(get_pool)) -> JSONResponse:
     body = await service.tilejson(pool=pool, settings=request.app.state.settings, base_url=_base(request),
-                                  layer=layer)
+                                  layer=layer, link_params=key_in_url(request))
     return JSONResponse(body, headers={"Cache-Control": "no-cache"})
 
 

@@ -16,6 +16,7 @@ from cimtwin.errors import BadRequest, Conflict
 from cimtwin.geo.checks import POLYGONAL
 from cimtwin.settings import Settings
 from cimtwin.store import blocks as store
+from cimtwin.store import registry
 
 from . import spatial
 
@@ -156,18 +157,27 @@ async def component_kinds(*, pool: AsyncConnectionPool) -> list[dict]:
 
 # ----------------------------------------------------------------------------- sensors and devices
 
+# A vendor key (vendor_id set) reaches only its own sensors and devices: others are 404.
+
 async def set_sensor_place(*, pool: AsyncConnectionPool, sensor_id: int, body: BaseModel,
-                           crs: str | None) -> tuple[str, dict]:
+                           crs: str | None, vendor_id: int | None = None) -> tuple[str, dict]:
+    if vendor_id is not None:
+        await registry.get_sensor(pool, sensor_id, vendor_id=vendor_id)
     await store.set_sensor_place(pool, sensor_id, **body.model_dump())
     return await sensor_place(pool=pool, sensor_id=sensor_id, crs=crs)
 
 
-async def sensor_place(*, pool: AsyncConnectionPool, sensor_id: int, crs: str | None) -> tuple[str, dict]:
+async def sensor_place(*, pool: AsyncConnectionPool, sensor_id: int, crs: str | None,
+                       vendor_id: int | None = None) -> tuple[str, dict]:
+    if vendor_id is not None:
+        await registry.get_sensor(pool, sensor_id, vendor_id=vendor_id)
     return await spatial.feature(pool=pool, layer="sensors", feature_id=sensor_id, crs=crs)
 
 
 async def set_device_location(*, pool: AsyncConnectionPool, device_id: int, geometry: dict | None,
-                              geom_crs: str | None) -> None:
+                              geom_crs: str | None, vendor_id: int | None = None) -> None:
     wkb = spatial.body_geometry(geometry, ref=spatial.crs_param(geom_crs, name="geom-crs"), allowed=("Point",),
                                 max_vertices=1)
+    if vendor_id is not None:
+        await registry.get_device(pool, device_id, vendor_id=vendor_id)
     await store.set_device_location(pool, device_id, point=wkb)

@@ -419,14 +419,16 @@ async def items(*, pool: AsyncConnectionPool, settings: Settings, base_url: str,
                 bbox: str | None = None, bbox_crs: str | None = None, crs: str | None = None,
                 limit: str | None = None, offset: str | None = None, datetime_: str | None = None,
                 result_type: str | None = None, f: str | None = None,
-                filters: list[tuple[str, str]] = ()) -> GeoJsonBody:
+                filters: list[tuple[str, str]] = (), link_params: list[tuple[str, str]] = ()) -> GeoJsonBody:
+    """One page of a collection. ``link_params`` are added to the paging links as they are (the API key
+    when it came in the URL)."""
     c = _collection_or_404(collection_id)
     _check_f(f)
     out_crs = _crs(crs, param="crs")
     box_crs = _crs(bbox_crs, param="bbox-crs")
     if bbox_crs and not bbox:
         raise BadRequest("bbox-crs is given without bbox", code="invalid_parameter")
-    box = _bbox_crs84(bbox, box_crs, max_km2=settings.ogc_max_bbox_km2) if bbox else None
+    box = _bbox_crs84(bbox, box_crs, max_km2=settings.max_bbox_km2) if bbox else None
     page = _int(limit, param="limit", default=settings.ogc_default_limit, minimum=1)
     if page > settings.ogc_max_limit:
         raise TooLarge(f"limit {page} is above the maximum of {settings.ogc_max_limit}; "
@@ -450,7 +452,7 @@ async def items(*, pool: AsyncConnectionPool, settings: Settings, base_url: str,
     # Links repeat every parameter of this request except the paging ones.
     kept = [(k, v) for k, v in (("bbox", bbox), ("bbox-crs", bbox_crs), ("crs", crs), ("datetime", datetime_),
                                 ("resultType", result_type), ("f", f)) if v not in (None, "")]
-    kept += list(filters)
+    kept += list(filters) + list(link_params)
     url = f"{base_url}/ogc/collections/{c.id}/items"
 
     def page_url(off: int) -> str:

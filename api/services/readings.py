@@ -31,8 +31,8 @@ def _utc(t: datetime) -> datetime:
 
 async def sensor_readings(pool: AsyncConnectionPool, *, sensor_id: int, start: datetime | None,
                           end: datetime | None, bucket: str | None, limit: int, max_limit: int,
-                          order: str = "asc", base_url: str = "") -> SensorReadings:
-    sensor = await registry.get_sensor(pool, sensor_id)
+                          order: str = "asc", base_url: str = "", vendor_id: int | None) -> SensorReadings:
+    sensor = await registry.get_sensor(pool, sensor_id, vendor_id=vendor_id)
     end = _utc(end) if end else datetime.now(timezone.utc)
     start = _utc(start) if start else end - timedelta(days=1)
     if start >= end:
@@ -44,7 +44,8 @@ async def sensor_readings(pool: AsyncConnectionPool, *, sensor_id: int, start: d
         if (end - start) / width > MAX_BUCKETS:
             raise TooLarge(f"{bucket} buckets from {start.isoformat()} to {end.isoformat()} would be more than "
                            f"{MAX_BUCKETS}; use a wider bucket or a shorter range")
-        rows = await store.bucketed_readings(pool, sensor_id=sensor_id, start=start, end=end, bucket=width)
+        rows = await store.bucketed_readings(pool, sensor_id=sensor_id, start=start, end=end, bucket=width,
+                                             vendor_id=vendor_id)
         out.buckets = [Bucket(**r) for r in rows]
         return out
     if limit > max_limit:
@@ -52,7 +53,7 @@ async def sensor_readings(pool: AsyncConnectionPool, *, sensor_id: int, start: d
                        code="limit_too_large")
     descending = order == "desc"
     rows = await store.raw_readings(pool, sensor_id=sensor_id, start=start, end=end, limit=limit + 1,
-                                    descending=descending)
+                                    descending=descending, vendor_id=vendor_id)
     if len(rows) > limit:
         rows = rows[:limit]
         edge = rows[-1]["time"]
@@ -65,7 +66,7 @@ async def sensor_readings(pool: AsyncConnectionPool, *, sensor_id: int, start: d
 
 
 async def latest(pool: AsyncConnectionPool, *, vendor: str | None, device: str | None,
-                 sensor_ids: list[int] | None, limit: int, offset: int) -> list[LatestReading]:
+                 sensor_ids: list[int] | None, limit: int, offset: int, vendor_id: int | None) -> list[LatestReading]:
     rows = await store.latest_readings(pool, vendor=vendor, device=device, sensor_ids=sensor_ids,
-                                       limit=limit, offset=offset)
+                                       limit=limit, offset=offset, vendor_id=vendor_id)
     return [LatestReading(**r) for r in rows]

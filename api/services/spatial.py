@@ -2,10 +2,11 @@
 
 Inputs (``bbox`` with ``bbox-crs``; ``geom``/``point`` with ``geom-crs``) are parsed and
 checked here, reprojected to the storage CRS (EPSG:4326) with :mod:`cimtwin.geo.crs`,
-and bounded by the limits in Settings. Output geometries come from PostGIS
-(``ST_AsGeoJSON(ST_Transform(…))``) for EPSG targets it knows; GCJ-02 (and any EPSG code
-missing from ``spatial_ref_sys``) is reprojected here on shapely geometries. Coordinates
-are always x/y: lon/lat, or easting/northing.
+and bounded by the limits in Settings. PostgreSQL writes each feature's GeoJSON geometry
+(``ST_AsGeoJSON(ST_Transform(…))``, for EPSG targets it knows) and its properties
+(``json_build_object``); this module only joins the pieces. GCJ-02 (and any EPSG code
+missing from ``spatial_ref_sys``) is reprojected here, vectorized over the page's
+geometries. Coordinates are always x/y: lon/lat, or easting/northing.
 """
 
 from __future__ import annotations
@@ -23,6 +24,8 @@ from starlette.datastructures import URL
 from cimtwin.errors import BadRequest, InvalidGeometry, TooLarge, UnknownCrs
 from cimtwin.geo.checks import geodesic_bbox_area_km2, in_lonlat_range, parse_geometry
 from cimtwin.geo.crs import CRS84, WGS84, CrsRef, UnknownCrsError, parse_crs, transform_geometry
+from cimtwin.geo.dwithin import scaled_band
+from cimtwin.schemas.spatial import SpatialSearch
 from cimtwin.settings import Settings
 from cimtwin.store import blocks as store
 
@@ -73,13 +76,13 @@ async def output_crs(pool: AsyncConnectionPool, ref: CrsRef) -> OutputCrs:
     return OutputCrs(ref, None, digits)
 
 
-def geometry_texts(rows: list[dict], out: OutputCrs) -> list[str]:
-    """The GeoJSON geometry text of each row (rows hold GeoJSON text, or WKB when srid is None)."""
+def geometry_texts(geometries: list, out: OutputCrs) -> list[str]:
+    """The GeoJSON text of each geometry (GeoJSON text already, or WKB when srid is None)."""
     if out.srid is not None:
-        return [r["geometry"] if r["geometry"] is not None else "null" for r in rows]
-    wkb = np.array([r["geometry"] for r in rows], dtype=object)
+        return [g if g is not None else "null" for g in geometries]
+    wkb = np.array(geometries, dtype=object)
     present = np.array([g is not None for g in wkb], dtype=bool)
-    texts = np.full(len(rows), "null", dtype=object)
+    texts = np.full(len(geometries), "null", dtype=object)
     if present.any():
         geoms = shapely.from_wkb(wkb[present])
         geoms = transform_geometry(geoms, src=WGS84, dst=out.ref)
@@ -153,16 +156,24 @@ def dumps(value: Any) -> str:
     return json.dumps(value, default=_json_default, ensure_ascii=False, separators=(",", ":"))
 
 
+_FEATURE = '{"type":"Feature","id":%d,"geometry":%s,"properties":%s}'
+
+
+def feature_strings(rows: list[tuple], out: OutputCrs) -> list[str]:
+    """Features from the store's (id, geometry, properties JSON text) rows."""
+    geoms = geometry_texts([r[1] for r in rows], out)
+    return [_FEATURE % (row[0], geom, row[2]) for row, geom in zip(rows, geoms)]
+
+
 def feature_texts(rows: list[dict], out: OutputCrs, *, layer: str | None = None) -> list[str]:
-    geoms = geometry_texts(rows, out)
+    """Features from rows of named columns (a few at a time: containment)."""
+    geoms = geometry_texts([r["geometry"] for r in rows], out)
     texts = []
     for row, geom in zip(rows, geoms):
         props = {k: v for k, v in row.items() if k not in ("id", "geometry")}
         if layer:
             props = {"layer": layer, **props}
-        if "distance_m" in props and props["distance_m"] is not None:
-            props["distance_m"] = round(props["distance_m"], 3)
-        texts.append(f'{{"type":"Feature","id":{row["id"]},"geometry":{geom},"properties":{dumps(props)}}}')
+        texts.append(_FEATURE % (row["id"], geom, dumps(props)))
     return texts
 
 
@@ -181,11 +192,21 @@ def collection_text(features: list[str], *, matched: int | None, out: OutputCrs,
     return body[:-1] + ',"features":[' + ",".join(features) + "]}"
 
 
-def page_links(url: str, *, offset: int, limit: int, returned: int, matched: int | None) -> list[dict]:
-    links = [{"rel": "self", "href": url, "type": GEOJSON}]
+def page_links(url: str, *, offset: int, limit: int, returned: int, matched: int | None,
+               post: bool = False) -> list[dict]:
+    """self and next links. For a POST search the next link says to POST the same body with
+    ``offset`` and ``limit`` merged in (the convention of STAC API item search)."""
+    if post:
+        links = [{"rel": "self", "href": url, "type": GEOJSON, "method": "POST"}]
+    else:
+        links = [{"rel": "self", "href": url, "type": GEOJSON}]
     if matched is not None and offset + returned < matched:
-        nxt = URL(url).include_query_params(offset=offset + returned, limit=limit)
-        links.append({"rel": "next", "href": str(nxt), "type": GEOJSON})
+        if post:
+            links.append({"rel": "next", "href": url, "type": GEOJSON, "method": "POST",
+                          "body": {"offset": offset + returned, "limit": limit}, "merge": True})
+        else:
+            nxt = URL(url).include_query_params(offset=offset + returned, limit=limit)
+            links.append({"rel": "next", "href": str(nxt), "type": GEOJSON})
     return links
 
 
@@ -210,10 +231,10 @@ class SpatialArgs:
 
 def _check_area(geom, settings: Settings, what: str) -> None:
     km2 = float(geodesic_bbox_area_km2([geom])[0])
-    if km2 > settings.api_max_bbox_km2:
+    if km2 > settings.max_bbox_km2:
         raise TooLarge(f"the {what} covers {km2:,.1f} km² (its bounding box), more than the limit of "
-                       f"{settings.api_max_bbox_km2:,.0f} km²; query a smaller region", code="bbox_too_large",
-                       km2=round(km2, 3), limit_km2=settings.api_max_bbox_km2)
+                       f"{settings.max_bbox_km2:,.0f} km²; query a smaller region", code="bbox_too_large",
+                       km2=round(km2, 3), limit_km2=settings.max_bbox_km2)
 
 
 def check_limit(limit: int, settings: Settings) -> None:
@@ -241,6 +262,7 @@ def build_query(*, layer: str, args: SpatialArgs, filters: dict[str, Any], setti
         geom = input_geometry(args.geom, ref=geom_ref, name="geom", max_vertices=settings.api_max_geometry_vertices)
         _check_area(geom, settings, "geom")
         q.geom = shapely.to_wkb(geom)
+    point = None
     if args.point is not None:
         point = input_geometry(args.point, ref=geom_ref, name="point", allowed=("Point",))
         q.point = shapely.to_wkb(point)
@@ -252,27 +274,54 @@ def build_query(*, layer: str, args: SpatialArgs, filters: dict[str, Any], setti
             raise TooLarge(f"distance {args.distance:g} m is above the limit of {settings.api_max_distance_m:g} m",
                            code="distance_too_large")
         q.distance_m = args.distance
+        q.band = scaled_band(point.x, point.y, args.distance)
     if args.nearest is not None:
         q.nearest = args.nearest
     return q
 
 
 async def query_layer(*, pool: AsyncConnectionPool, settings: Settings, layer: str, args: SpatialArgs,
-                      filters: dict[str, Any], url: str) -> tuple[str, dict[str, str]]:
+                      filters: dict[str, Any], url: str, post: bool = False) -> tuple[str, dict[str, str]]:
     """A page of a layer as a GeoJSON FeatureCollection (text) and its response headers."""
     out = await output_crs(pool, crs_param(args.crs))
     q = build_query(layer=layer, args=args, filters=filters, settings=settings, out=out)
-    matched, rows = await store.query_features(pool, q)
+    matched, rows = await store.feature_page(pool, q)
     links = page_links(url, offset=args.offset, limit=args.limit, returned=len(rows),
-                       matched=None if q.nearest is not None else matched)
-    text = collection_text(feature_texts(rows, out), matched=matched, out=out, links=links)
+                       matched=None if q.nearest is not None else matched, post=post)
+    text = collection_text(feature_strings(rows, out), matched=matched, out=out, links=links)
     return text, out.header
+
+
+def search_args(body: SpatialSearch) -> tuple[SpatialArgs, dict[str, Any]]:
+    """A POST search body as the GET form's arguments and filters (so the same checks apply)."""
+    point = body.point
+    if isinstance(point, list):
+        point = ",".join(repr(float(v)) for v in point[:2])
+    elif point is not None:
+        point = json.dumps(point)
+    args = SpatialArgs(
+        bbox=",".join(repr(float(v)) for v in body.bbox) if body.bbox is not None else None,
+        bbox_crs=body.bbox_crs, geom=json.dumps(body.geometry) if body.geometry is not None else None,
+        geom_crs=body.geom_crs, relation=body.relation, point=point, distance=body.distance, nearest=body.nearest,
+        crs=body.crs, limit=body.limit, offset=body.offset)
+    return args, body.filters.model_dump(exclude_none=True)
+
+
+async def search(*, pool: AsyncConnectionPool, settings: Settings, layer: str, body: SpatialSearch,
+                 url: str) -> tuple[str, dict[str, str]]:
+    """``POST /spatial/{layer}/search``: the GET query with its parameters in a JSON body."""
+    args, filters = search_args(body)
+    return await query_layer(pool=pool, settings=settings, layer=layer, args=args, filters=filters, url=url,
+                             post=True)
 
 
 async def feature(*, pool: AsyncConnectionPool, layer: str, feature_id: int, crs: str | None) -> tuple[str, dict]:
     out = await output_crs(pool, crs_param(crs))
-    row = await store.get_feature(pool, layer, feature_id, srid=out.srid, digits=out.digits)
-    return feature_texts([row], out)[0], out.header
+    _, rows = await store.feature_page(pool, store.FeatureQuery(layer=layer, ids=[feature_id], limit=1,
+                                                                srid=out.srid, digits=out.digits))
+    if not rows:
+        raise store.not_found(layer, feature_id)
+    return feature_strings(rows, out)[0], out.header
 
 
 async def containment(*, pool: AsyncConnectionPool, point: str, geom_crs: str | None,

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass, field
+from urllib.parse import urlencode
 
 from psycopg_pool import AsyncConnectionPool
 
@@ -91,14 +92,21 @@ async def tile(*, pool: AsyncConnectionPool, settings: Settings, layer: str, z: 
     return TileResponse(200 if body else 204, body, headers)
 
 
-def layers(*, base_url: str) -> dict:
+def _query(params: list[tuple[str, str]]) -> str:
+    return f"?{urlencode(params)}" if params else ""
+
+
+def layers(*, base_url: str, link_params: list[tuple[str, str]] = ()) -> dict:
+    """The layers; ``link_params`` are added to their URLs (the API key when it came in the URL)."""
+    q = _query(link_params)
     return {"layers": [{"id": ld.id, "description": ld.description, "live": ld.live,
-                        "tilejson": f"{base_url}/tiles/{ld.id}.json",
-                        "tiles": f"{base_url}/tiles/{ld.id}/{{z}}/{{x}}/{{y}}.mvt"}
+                        "tilejson": f"{base_url}/tiles/{ld.id}.json{q}",
+                        "tiles": f"{base_url}/tiles/{ld.id}/{{z}}/{{x}}/{{y}}.mvt{q}"}
                        for ld in store.LAYERS.values()]}
 
 
-async def tilejson(*, pool: AsyncConnectionPool, settings: Settings, base_url: str, layer: str) -> dict:
+async def tilejson(*, pool: AsyncConnectionPool, settings: Settings, base_url: str, layer: str,
+                   link_params: list[tuple[str, str]] = ()) -> dict:
     ld = _layer_or_404(layer)
     bounds = await store.bounds(pool, layer=layer)
     if bounds is None:
@@ -117,7 +125,7 @@ async def tilejson(*, pool: AsyncConnectionPool, settings: Settings, base_url: s
         "version": "1.0.0",
         "attribution": ATTRIBUTION,
         "scheme": "xyz",
-        "tiles": [f"{base_url}/tiles/{ld.id}/{{z}}/{{x}}/{{y}}.mvt"],
+        "tiles": [f"{base_url}/tiles/{ld.id}/{{z}}/{{x}}/{{y}}.mvt{_query(link_params)}"],
         "minzoom": ld.minzoom,
         "maxzoom": settings.tiles_max_zoom,
         "bounds": bounds,
