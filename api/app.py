@@ -15,8 +15,10 @@ from cimtwin.settings import Settings, get_settings
 from cimtwin.store.db import open_async_pool
 
 from .auth import ANY_ROLE, READERS, KeyCache, require
-from .routers import (access, blocks, health, mqtt_credentials, ogc, onboarding, readings, registry, schemas, spatial,
-                      tiles)
+from .routers import alert_stream
+from .routers import alerts as alerts_router
+from .routers import (access, blocks, health, mqtt_credentials, ogc, onboarding, readings, registry, reports,
+                      schemas, spatial, tiles)
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
@@ -62,9 +64,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.include_router(module.router, dependencies=[Depends(require(*ANY_ROLE))])
     for module in (ogc, tiles, spatial):
         app.include_router(module.router, dependencies=[Depends(require(*READERS))])
+    app.include_router(alert_stream.router)  # readers; its lifespan runs the SSE hub; before /alerts/{id}
     app.include_router(access.router)
     app.include_router(mqtt_credentials.router)  # admin, or a vendor key for its own vendor
     app.include_router(onboarding.router)  # roles per route; a vendor key only for its own vendor
+    app.include_router(reports.router)  # admin, operator, analyst
+    app.include_router(alerts_router.router)  # rules, alerts, events: readers read, admin/operator act
     return app
 
 

@@ -51,15 +51,21 @@ Figures (milliseconds; p50 and p95; warm-up requests are not timed)
   ``ST_Intersects``. Within 200 m: the geography index's candidates, most settled by a
   planar test in scaled lon/lat (``geo/dwithin.py``), the rest by the exact geodesic test.
   Nearest 10: the exact 10 nearest, ranked by geodesic distance (which the STRtree's
-  answer is too, in its projection). The endpoint's full query also computes each
-  result's geodesic distance and orders by it: that is in ``*_sql_*``, not here.
+  answer is too, in its projection): planar KNN for a radius, the geography index's
+  candidates within it, each ranked by bounds on its geodesic distance from a scaled
+  planar one (``geo/dwithin.py``, "Nearest N"), the exact distance only where bounds
+  overlap. The endpoint's full query also computes each result's geodesic distance (to
+  the millimetre, for ``distance_m``): that is in ``*_sql_*``, not here.
 * ``*_sqlserver_*``, ``*_sqlexec_*``: the same id-only query, timed by PostgreSQL itself
   (planning + execution, and execution alone, from ``EXPLAIN (ANALYZE, TIMING OFF, SUMMARY
   ON)``): the query without the round trip. (The API's pooled connections prepare statements
   that repeat, so it mostly skips planning.)
   ``*_geogonly_sqlexec_*``: for comparison, the predicates used before the planar band and
   the two-step nearest (``ST_DWithin`` on geography for every candidate; KNN on the
-  geography index, exact distances of the first 36).
+  geography index, exact distances of the first 36). ``nearest_10_twostep_sqlexec``: the
+  nearest query used before the distance bounds (the same two steps, every candidate's
+  geodesic distance exact; still the store's fallback near the poles and the
+  antimeridian); the bench checks that both give the same ids in the same order.
   ``roundtrip_select1_*`` (``SELECT 1``) is the round-trip floor under every client figure.
   The bench's connection, like the API's pool, runs without parallel plans.
 * ``strtree_*``: a shapely 2 STRtree in memory, built once over the same geometries read
@@ -710,6 +716,18 @@ class Bench:
                         ORDER BY t.geom::geography <-> p.g LIMIT 36) c
                     ORDER BY d, id LIMIT 10"""
         self.server_timed(f"nearest_10_geogonly_{tag}", idx, lambda i: (q_near_geog, {"p": pt_wkbs[i]}))
+        # before the distance bounds: the same two steps with the exact distance of every row
+        near_exact = []
+        for q in near_q:
+            layer, params = store.LAYERS[q.layer], {"nearest": q.nearest}
+            where = store._where(layer, q, params)
+            near_exact.append((store._nearest_exact_sql(layer, where, None, params).as_string(self.conn), params))
+        self.server_timed(f"nearest_10_twostep_{tag}", idx, lambda i: near_exact[i])
+        exact_bad = [i for i in idx if pg_near[i] != [r[0] for r in self.conn.execute(*near_exact[i])]]
+        self.extra[f"nearest_10_bounds_vs_exact_mismatches_{tag}"] = len(exact_bad)
+        if exact_bad:
+            self.notes.append(f"WARNING {tag}: the nearest query with distance bounds and the one with every "
+                              f"distance exact differ on {len(exact_bad)} of {len(pts)} points")
         tree_near: dict[int, np.ndarray] = {}
 
         def tree_n(i):
@@ -870,6 +888,7 @@ ROWS = [  # (label, figure stem)
     ("nearest 10, the query itself (ids)", "nearest_10_sqlids"),
     ("nearest 10, query itself, server: plan+exec", "nearest_10_sqlserver"),
     ("nearest 10, query itself, server: exec", "nearest_10_sqlexec"),
+    ("nearest 10, before (all distances exact): exec", "nearest_10_twostep_sqlexec"),
     ("nearest 10, before (geography KNN): exec", "nearest_10_geogonly_sqlexec"),
     ("nearest 10, STRtree in memory", "strtree_nearest_10"),
     ("round trip floor: SELECT 1", "roundtrip_select1"),
@@ -951,7 +970,7 @@ def report(bench: Bench) -> None:
         verdicts.append(f"{key}: p95 {s['p95']:.2f} ms, target {what}: {'MET' if met else 'MISSED'}"
                         if s else f"{key}: not measured")
     for stem in ("polygon_500", "distance_200m", "nearest_10"):
-        for kind in ("sqlexec", "sqlserver", "sqlids", "sql", "http", "geogonly_sqlexec"):
+        for kind in ("sqlexec", "sqlserver", "sqlids", "sql", "http", "geogonly_sqlexec", "twostep_sqlexec"):
             for tag in ("1k", "100k"):
                 pg, st = r.get(f"{stem}_{kind}_{tag}"), r.get(f"strtree_{stem}_{tag}")
                 for p in ("p50", "p95"):

@@ -515,6 +515,8 @@ class Bench:
                                 [(device_id, ch) for ch in channels])
         self.sensor_ids = {(d, c): sid for d, c, sid in self.conn.execute(
             "SELECT d.ext_id, s.channel, s.id FROM sensors s JOIN devices d ON d.id = s.device_id")}
+        if self.args.rules:
+            self.add_rules(self.args.rules)
         if not self.timescaledb:
             from cimtwin.store.writer import week_starts
             span = max(self.args.messages, self.args.multi_messages)
@@ -524,8 +526,25 @@ class Bench:
                               ([datetime.fromtimestamp(w, tz=timezone.utc) for w in sorted(weeks)],))
         self.log(f"database {self.args.database} ready ({report.backend}); {len(self.sensor_ids)} sensors")
 
+    def add_rules(self, n: int) -> None:
+        """n threshold rules spread over the 1-reading devices' sensors (10 per sensor for 1,000).
+        The first 10 fire early on (s090..s099 pass 90) and stay active, so those sensors' readings
+        keep folding into open alerts; the rest never fire. A district's rules are mostly quiet."""
+        rows = []
+        for k in range(n):
+            firing = k < int(os.environ.get("BENCH_FIRING_RULES", "10"))
+            sensor = self.sensor_ids[(f"s{(90 + k) if firing else k % SINGLE_DEVICES:03d}", "temp")]
+            value, clear = (90.0, -1.0) if firing else (1000.0 + k, 900.0)
+            rows.append((f"bench rule {k}", json.dumps({"op": ">", "value": value, "clear_value": clear,
+                                                       "hold_s": 0}), json.dumps({"sensor_id": sensor})))
+        with self.conn.cursor() as cur:
+            cur.executemany("INSERT INTO alert_rules (name, kind, condition, scope, severity) "
+                            "VALUES (%s, 'threshold', %s, %s, 'warning')", rows)
+        self.log(f"{n} alert rules on the 1-reading devices")
+
     def truncate(self) -> None:
-        self.conn.execute("TRUNCATE readings, latest, dead_letters, pending_devices")
+        self.conn.execute("TRUNCATE readings, latest, dead_letters, pending_devices, notification_outbox, "
+                          "alert_events, alerts, alert_rule_state")
         if not self.timescaledb:
             self.conn.execute("TRUNCATE readings_1m, readings_1h")
 
@@ -894,6 +913,7 @@ def report(bench: Bench) -> None:
         "naive_bridge_readings_per_s": round(naive),
         **ratios,
         "workers": a.workers,
+        "alert_rules": a.rules,
         "messages_single": a.messages,
         "messages_50": a.multi_messages,
         "readings_per_message_multi": MULTI_CHANNELS,
@@ -919,6 +939,8 @@ def main() -> None:
     p.add_argument("--messages", type=int, default=200_000, help="1-reading messages for (a), (b) and ingest")
     p.add_argument("--multi-messages", type=int, default=10_000, help="50-reading messages")
     p.add_argument("--naive-messages", type=int, default=10_000, help="messages for the naive bridge (c)")
+    p.add_argument("--rules", type=int, default=0,
+                   help="alert rules to create on the 1-reading devices (bench/alerts.py compares 0 and 1000)")
     p.add_argument("--profile-messages", type=int, default=40_000,
                    help="5-reading messages (canonical and the JSON profile); a quarter as many 20-reading "
                         "messages (canonical and SenML)")

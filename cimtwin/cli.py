@@ -90,8 +90,47 @@ def serve(host: str = typer.Option(None), port: int = typer.Option(None)) -> Non
     import uvicorn
 
     s = get_settings()
+    # Open SSE streams (/alerts/stream) never finish on their own: cut them off after a few seconds
+    # on shutdown instead of waiting forever (clients resume with Last-Event-ID).
     uvicorn.run("cimtwin.api.app:create_app", factory=True, host=host or s.api_host, port=port or s.api_port,
-                log_level="info")
+                log_level="info", timeout_graceful_shutdown=5)
+
+
+@app.command()
+def notify(stats: bool = typer.Option(False, "--stats", help="print what waits in the outbox as JSON and exit")) -> None:
+    """Deliver alert notifications from the outbox: party webhooks (HMAC-signed) and MQTT cim/v1/alerts/…"""
+    import asyncio
+
+    from cimtwin.twin.notify import Notifier, outbox_stats
+
+    s = get_settings()
+    if stats:
+        import json
+
+        typer.echo(json.dumps(asyncio.run(outbox_stats(s)), default=str, indent=2))
+        return
+    _logging()
+    notifier = Notifier(s)
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: notifier.stop())
+    asyncio.run(notifier.run())
+
+
+@app.command("alerts-timer")
+def alerts_timer(every: float = typer.Option(None, help="seconds between ticks; default "
+                                                         "CIMTWIN_ALERTS_TIMER_INTERVAL_S (5)"),
+                 once: bool = typer.Option(False, "--once", help="one tick, then exit")) -> None:
+    """Alert work on a timer: escalate unacknowledged alerts past their SLA (and offline rules)."""
+    import threading
+
+    from cimtwin.twin.alert_timer import run
+
+    _logging()
+    s = get_settings()
+    stop = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: stop.set())
+    run(s, every=every or s.alerts_timer_interval_s, stop=stop, once=once)
 
 
 @app.command()
@@ -179,7 +218,8 @@ def up(services: bool = typer.Option(True, help="install/start PostgreSQL and Mo
     console.print(f"[bold]cimtwin is up[/]: API http://{s.api_host}:{s.api_port}/docs, "
                   f"MQTT {s.mqtt_url} (topic cim/v1/{{vendor}}/{{device}}/up). Ctrl-C stops.")
     _Supervisor({"ingest": exe + ["ingest"], "api": exe + ["serve"],
-                 "maintain": exe + ["maintain", "--every", "3600"]}).run()
+                 "maintain": exe + ["maintain", "--every", "3600"], "notify": exe + ["notify"],
+                 "alerts-timer": exe + ["alerts-timer"]}).run()
 
 
 # cimtwin import areas|buildings|components FILE, cimtwin export LAYER FILE
@@ -196,6 +236,10 @@ from cimtwin.cli_mqtt import broker_sync, mqtt_app as _mqtt_app  # noqa: E402
 app.add_typer(_mqtt_app, name="mqtt-credentials")
 app.command("broker-sync")(broker_sync)
 app.command("export")(_export)
+
+from cimtwin.cli_report import report as _report  # noqa: E402
+
+app.command("report")(_report)
 
 
 if __name__ == "__main__":

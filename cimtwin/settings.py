@@ -51,7 +51,8 @@ class Settings(BaseSettings):
     ingest_topics: list[str] = ["cim/v1/+/+/up", "vendors/#"]
     ingest_session_expiry_s: int = Field(default=7 * 24 * 3600, ge=60)
     ingest_batch_max_messages: int = Field(default=2000, ge=1, le=20000)
-    ingest_batch_max_wait_ms: int = Field(default=100, ge=1, le=10000)
+    # Short, so an alert follows its reading quickly; under load batches fill by size anyway.
+    ingest_batch_max_wait_ms: int = Field(default=20, ge=1, le=10000)
     # MQTT 5 Receive Maximum: unacknowledged messages the broker may send us. Must
     # exceed the batch size so the next batch fills while one commits.
     ingest_receive_maximum: int = Field(default=10000, ge=1, le=65535)
@@ -106,10 +107,42 @@ class Settings(BaseSettings):
     tiles_max_features: int = Field(default=50_000, ge=1, description="features per layer per tile")
     tiles_static_max_age_s: int = Field(default=60, ge=0)
 
+    # notifications: `cimtwin notify` delivers the outbox (webhooks, MQTT cim/v1/alerts/…); the API's SSE stream
+    notify_batch_size: int = Field(default=50, ge=1, le=1000, description="outbox rows claimed per batch")
+    notify_webhook_timeout_s: float = Field(default=5.0, gt=0, le=60, description="per webhook request")
+    notify_mqtt_timeout_s: float = Field(default=10.0, gt=0, description="wait for a publish's PUBACK")
+    notify_backoff_base_s: float = Field(default=1.0, gt=0, description="the first retry's delay (then doubling)")
+    notify_backoff_max_s: float = Field(default=60.0, gt=0, description="the longest delay between retries")
+    notify_poll_s: float = Field(default=5.0, gt=0, description="idle re-check (new events wake it at once)")
+    stream_queue_size: int = Field(default=1000, ge=10, description="events buffered per SSE client; "
+                                                                    "a client that falls further behind is cut off")
+    stream_replay_max: int = Field(default=10_000, ge=0, description="events replayed after Last-Event-ID")
+    stream_keepalive_s: float = Field(default=15.0, gt=0, description="SSE comment when nothing happens")
+
+    # alerts from external events (POST /events) have no rule: their SLAs, unless the event gives its own;
+    # escalation uses the ack SLA again at each level (a rule's alerts use the rule's ack_sla_s)
+    alerts_event_ack_sla_s: int = Field(default=900, gt=0, description="seconds to acknowledge an event's alert")
+    alerts_event_close_sla_s: int = Field(default=3600, gt=0, description="seconds to close an event's alert")
+    alerts_timer_interval_s: float = Field(default=5.0, gt=0, description="`cimtwin alerts-timer` period")
+
+    # reports (`cimtwin report`, /reports): days, weeks (from Monday) and months are local to this zone
+    report_timezone: str = Field(default="Asia/Shanghai", description="IANA time zone of report periods")
+
     @field_validator("mqtt_url")
     @classmethod
     def _check_mqtt_url(cls, value: str) -> str:
         MqttEndpoint(value)
+        return value
+
+    @field_validator("report_timezone")
+    @classmethod
+    def _check_report_timezone(cls, value: str) -> str:
+        from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+        try:
+            ZoneInfo(value)
+        except (ZoneInfoNotFoundError, ValueError):
+            raise ValueError(f"unknown time zone {value!r} (use an IANA name such as Asia/Shanghai)") from None
         return value
 
     @field_validator("mqtt_service_username")

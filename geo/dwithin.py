@@ -35,6 +35,41 @@ Why the radii are safe
 
 Near the poles (above 80°) and across the antimeridian there is no band (None): every
 row gets the exact test.
+
+Nearest N: bounds on each row's distance
+----------------------------------------
+:func:`nearest_band` gives, for "the N nearest to (lon, lat)", two bounds on the
+distance PostGIS reports for a row (``ST_Distance(geography)``), from the row's scaled
+planar distance ``s`` (same scaling), so that only rows whose bounds overlap another's
+need the exact distance to be ranked:
+
+    lo = ((k0 - a·s/2)·s - sag)·(1 - 10⁻³) - 5 mm
+    hi = ((k0 + a·s/2)·s + sag)·ratio·(1 + 10⁻⁶) + 5 mm
+
+* ``k0`` is the metres per scaled degree at the point (M(φ0)·π/180, the same along x
+  and y); ``a`` bounds how fast that changes per degree of latitude (x: M·|sin φ|/kx,
+  from d(N·cos φ)/dφ = -M·sin φ; y: |M'| ≤ 3/2·a·e²), over the guard's latitudes. A
+  path of scaled length u from the point stays within u degrees of latitude, so its
+  length in metres is within k0·u ± a·u²/2: the straight scaled line bounds the
+  ellipsoidal distance from above; the geodesic to the nearest point, whose scaled
+  length is ≥ s, bounds it from below (if it leaves the guard it is longer still: the
+  guard's edges are 2·reach scaled degrees away).
+* ``sag`` bounds the distance between the row's great-circle edges (PostGIS
+  ``geography``) and its straight ones (the planar geometry), L²·tan φ/(8 R) ×1.5, with
+  L the row's bounding-box diagonal at 111,700 m a degree (more than any degree), φ the
+  guard's highest latitude.
+* ``ratio``: PostGIS picks a line's or ring's closest point on the sphere and reports
+  the ellipsoidal distance to that point. That is never below the ellipsoidal minimum
+  (so ``lo`` needs no allowance), but it can be above it by the spread of
+  ellipsoid-to-sphere scale over directions, N/M (up to 0.67 % at the equator), when two
+  edges are about equally near: not only the 2·10⁻⁵ of a single edge. ``ratio`` is the
+  largest N over the smallest M across the guard's latitudes.
+* The relative 10⁻³ and 10⁻⁶ and the 5 mm cover the ellipsoidal distance's own error
+  and rounding.
+
+The bounds hold for rows whose bounding box lies inside ``guard`` (a box of
+2·``reach`` scaled degrees around the point) with ``s`` ≤ ``reach``; other rows need
+the exact distance. Near the poles and across the antimeridian there is no band.
 """
 
 from __future__ import annotations
@@ -42,7 +77,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-__all__ = ["ScaledBand", "scaled_band"]
+__all__ = ["NearestBand", "ScaledBand", "nearest_band", "scaled_band"]
 
 _A = 6_378_137.0                      # WGS84 semi-major axis (m)
 _E2 = 0.00669437999014                # WGS84 first eccentricity squared
@@ -51,6 +86,8 @@ _DEG = math.pi / 180.0
 _LAT_M_PER_DEG_MIN = 110_574.0        # M(0)·π/180 = 110,574.27 m, rounded down
 _LON_M_PER_DEG_EQ = 111_319.49        # a·π/180; N(φ) ≥ a, so N·cos φ·π/180 ≥ this·cos φ
 _MAX_LAT = 80.0
+_M_PER_DEG_MAX = 111_700.0            # more than any degree of latitude or longitude (M(90°)·π/180 = 111,694)
+_NEAREST_REACH = 0.1                  # scaled degrees (~11 km) within which the nearest bounds apply
 
 
 def _m(phi_deg: float) -> float:
@@ -131,3 +168,68 @@ def scaled_band(lon: float, lat: float, radius_m: float) -> ScaledBand | None:
     return ScaledBand(kx=kx, x=lon * kx, y=lat,
                       inner=max((r - margin) / kmax, 0.0), outer=(r + margin) / kmin,
                       guard=(lon - g_dlon, lat - g_dlat, lon + g_dlon, lat + g_dlat))
+
+
+@dataclass(frozen=True)
+class NearestBand:
+    """Bounds on geodesic distance from scaled planar distance, for one query point
+    (see "Nearest N" in the module docstring).
+
+    Attributes
+    ----------
+    kx : float
+        Scale applied to longitudes (``ST_Scale(geom, kx, 1)``).
+    x, y : float
+        The query point in scaled degrees (``lon·kx``, ``lat``).
+    k0, a : float
+        Metres per scaled degree at the point, and a bound on its change per degree of
+        latitude: a path of scaled length u is k0·u ± a·u²/2 metres long.
+    sag_k : float
+        Metres of edge sagitta per squared degree of a row's bounding-box diagonal.
+    ratio : float
+        How far above the ellipsoidal minimum PostGIS's distance can be (a factor).
+    reach : float
+        Scaled distance up to which the bounds hold.
+    guard : tuple of float
+        (xmin, ymin, xmax, ymax) in lon/lat; the bounds hold only for rows whose
+        bounding box lies inside it.
+    """
+
+    kx: float
+    x: float
+    y: float
+    k0: float
+    a: float
+    sag_k: float
+    ratio: float
+    reach: float
+    guard: tuple[float, float, float, float]
+
+    def bounds(self, s: float, diag_deg: float = 0.0) -> tuple[float, float]:
+        """(lo, hi) in metres for a row at scaled distance ``s`` whose bounding-box
+        diagonal is ``diag_deg`` degrees (the same formula as the SQL)."""
+        sag = self.sag_k * diag_deg * diag_deg
+        return (((self.k0 - self.a * s / 2) * s - sag) * (1 - 1e-3) - 0.005,
+                ((self.k0 + self.a * s / 2) * s + sag) * self.ratio * (1 + 1e-6) + 0.005)
+
+
+def nearest_band(lon: float, lat: float, reach: float = _NEAREST_REACH) -> NearestBand | None:
+    """Distance bounds for "the N nearest to (lon, lat)" (module docstring, "Nearest N").
+
+    Returns None where no bounds are safe (the guard reaches above 80° or across ±180°):
+    then every row needs the exact distance.
+    """
+    if not (math.isfinite(lon) and math.isfinite(lat) and reach > 0):
+        return None
+    phi_hi = abs(lat) + 2 * reach
+    if phi_hi > _MAX_LAT:
+        return None
+    kx = _n(lat) * math.cos(math.radians(lat)) / _m(lat)
+    g_dlon = 2 * reach / kx
+    if abs(lon) + g_dlon >= 180.0:
+        return None
+    a = (_m(phi_hi) * math.sin(math.radians(phi_hi)) / kx + 1.5 * _A * _E2) * _DEG * _DEG * 1.01
+    sag_k = _M_PER_DEG_MAX ** 2 * math.tan(math.radians(phi_hi)) / (8 * _R_MIN) * 1.5
+    ratio = _n(phi_hi) / _m(max(abs(lat) - 2 * reach, 0.0))
+    return NearestBand(kx=kx, x=lon * kx, y=lat, k0=_m(lat) * _DEG, a=a, sag_k=sag_k, ratio=ratio, reach=reach,
+                       guard=(lon - g_dlon, lat - 2 * reach, lon + g_dlon, lat + 2 * reach))

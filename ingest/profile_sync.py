@@ -2,17 +2,15 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
 import logging
-import threading
-import time
+from collections.abc import Callable
 
 import psycopg
 from pydantic import ValidationError
 
 from cimtwin.schemas.profiles import Profile
-from cimtwin.store.db import connect
 from cimtwin.store.profiles import load_profiles, profiles_generation
+from cimtwin.store.watch import GenerationWatch
 
 from .profiles import CompiledProfile, ProfileDecoder, compile_profile
 
@@ -33,49 +31,25 @@ def compile_rows(rows) -> list[CompiledProfile]:
 
 class ProfileSync:
     """Reloads the profiles when their generation counter moves (a profile saved or deleted,
-    or devices moved to another version; ``on_change`` then drops cached devices).
+    or devices moved to another version; ``on_change`` then drops cached devices). Before
+    each batch, so a profile a vendor has just saved decodes the very next message."""
 
-    ``maybe_refresh`` costs one single-row query and is called before each batch, so a
-    profile a vendor has just saved decodes the very next message. A database that cannot
-    be reached keeps the profiles already loaded.
-    """
-
-    def __init__(self, url: str, decoder: ProfileDecoder, *, application_name: str, min_interval_s: float = 0.05,
+    def __init__(self, url: str, decoder: ProfileDecoder, *, application_name: str,
                  on_change: Callable[[], None] | None = None):
-        self._url = url
-        self._on_change = on_change
-        self._application_name = application_name
         self.decoder = decoder
-        self._min_interval_s = min_interval_s
-        self._generation: int | None = None
-        self._checked = 0.0
-        self._conn: psycopg.Connection | None = None
-        self._lock = threading.Lock()
+        self._on_change = on_change
+        self._watch = GenerationWatch(url, application_name=application_name, what="profiles",
+                                      generation=profiles_generation, load=self._load)
+
+    def _load(self, conn: psycopg.Connection) -> None:
+        profiles = compile_rows(load_profiles(conn))
+        self.decoder.replace(profiles)
+        if self._on_change is not None and self._watch.generation is not None:
+            self._on_change()  # e.g. devices moved to another version
+        log.info("loaded %d profile version(s)", len(profiles))
 
     def maybe_refresh(self) -> None:
-        now = time.monotonic()
-        if now - self._checked < self._min_interval_s:
-            return
-        with self._lock:
-            self._checked = now
-            try:
-                if self._conn is None or self._conn.closed or self._conn.broken:
-                    self._conn = connect(self._url, application_name=self._application_name)
-                generation = profiles_generation(self._conn)
-                if generation != self._generation:
-                    profiles = compile_rows(load_profiles(self._conn))
-                    self.decoder.replace(profiles)
-                    if self._on_change is not None and self._generation is not None:
-                        self._on_change()  # e.g. devices moved to another version
-                    self._generation = generation
-                    log.info("loaded %d profile version(s)", len(profiles))
-            except psycopg.Error as exc:
-                log.warning("could not refresh profiles (%s); keeping the loaded ones", exc)
-                self.close()
+        self._watch.maybe_refresh()
 
     def close(self) -> None:
-        if self._conn is not None:
-            try:
-                self._conn.close()
-            finally:
-                self._conn = None
+        self._watch.close()

@@ -3,7 +3,8 @@
 Each letter is decoded and normalized exactly as a live message would be (current
 profiles, the device's pinned version, range and time checks). Readings go through the
 writer's conflict-safe path, and the letters are marked in the same transaction, so a
-letter replayed twice (or at once by two callers) is stored once.
+letter replayed twice (or at once by two callers) is stored once. The alert engine
+evaluates the replayed readings like live ones.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from cimtwin.settings import Settings
 from cimtwin.store.dead_letters import StoredLetter, letters_to_replay
 from cimtwin.store.db import connect
 from cimtwin.store.writer import DeviceLookup, ReadingWriter, ReplayOutcome
+from cimtwin.twin.alerting import AlertEngine
 
 from .decoders import CanonicalDecoder
 from .normalize import DeviceDirectory, Normalizer, RawMessage
@@ -34,10 +36,12 @@ def replay(settings: Settings, letters: list[StoredLetter]) -> list[ReplayResult
         return []
     app = "cimtwin-replay"
     lookup = DeviceLookup(settings.database_url, application_name=app)
-    writer = ReadingWriter(settings.database_url, application_name=app)
+    alerts = AlertEngine(settings.database_url, application_name=app)  # replayed readings are evaluated too
+    writer = ReadingWriter(settings.database_url, application_name=app, on_inserted=alerts)
     profiles = ProfileSync(settings.database_url, ProfileDecoder(()), application_name=app)
     try:
         profiles.maybe_refresh()
+        alerts.maybe_refresh()
         normalizer = Normalizer(DeviceDirectory(lookup, ttl_s=0.0),
                                 max_payload_bytes=settings.ingest_max_payload_bytes,
                                 max_future_s=settings.ingest_max_future_s,
@@ -57,6 +61,7 @@ def replay(settings: Settings, letters: list[StoredLetter]) -> list[ReplayResult
         writer.close()
         lookup.close()
         profiles.close()
+        alerts.close()
 
 
 def replay_selected(settings: Settings, *, vendor: str | None, ids: list[int] | None, reason_code: str | None,

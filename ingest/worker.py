@@ -44,6 +44,7 @@ from paho.mqtt.subscribeoptions import SubscribeOptions
 from cimtwin.settings import Settings
 from cimtwin.store.writer import DeviceLookup, PreparedRows, ReadingWriter, prepare_rows
 
+from cimtwin.twin.alerting import AlertEngine
 from .decoders import CanonicalDecoder
 from .normalize import DeviceDirectory, NormalizedBatch, Normalizer, RawMessage
 from .profile_sync import ProfileSync
@@ -262,7 +263,8 @@ class IngestWorker:
         self._inbox: queue.SimpleQueue[mqtt.MQTTMessage] = queue.SimpleQueue()
         self._prepared: queue.Queue[_Batch] = queue.Queue(maxsize=1)
         app = f"cimtwin-ingest:{self.client_id}"
-        self._writer = ReadingWriter(settings.database_url, application_name=app)
+        self._alerts = AlertEngine(settings.database_url, application_name=app)
+        self._writer = ReadingWriter(settings.database_url, application_name=app, on_inserted=self._alerts)
         self._lookup = DeviceLookup(settings.database_url, application_name=app)
         directory = DeviceDirectory(self._lookup)
         self._profiles = ProfileSync(settings.database_url, ProfileDecoder(()), application_name=app,
@@ -368,6 +370,7 @@ class IngestWorker:
         delay = 0.5
         while True:
             self._profiles.maybe_refresh()
+            self._alerts.maybe_refresh()
             try:
                 result = self._normalizer.normalize(raws)
             except psycopg.OperationalError as exc:
@@ -483,6 +486,9 @@ class IngestWorker:
             "readings_committed": self.readings_committed,
             "messages_acked": self.messages_acked,
             "dead_letters": self.dead_letters,
+            "alerts": {"evaluated": self._alerts.evaluated, "raised": self._alerts.raised,
+                       "late_readings": self._alerts.late, "engine_failures": self._writer.hook_failures,
+                       "last_engine_error": self._writer.last_hook_error},
             "updated_at": _iso(time.time()),
         }
 
@@ -499,6 +505,9 @@ class IngestWorker:
     def run(self) -> None:
         s = self.settings
         endpoint = s.mqtt
+        # Profiles and alert rules are loaded before the first message is taken.
+        self._profiles.maybe_refresh()
+        self._alerts.maybe_refresh()
         self._client.connect_async(
             endpoint.host, endpoint.port, keepalive=30, clean_start=False,
             properties=connect_properties(session_expiry_s=s.ingest_session_expiry_s,
@@ -536,4 +545,5 @@ class IngestWorker:
             self._writer.close()
             self._lookup.close()
             self._profiles.close()
+            self._alerts.close()
             log.info("ingest worker %s stopped", self.client_id)

@@ -208,10 +208,20 @@ class Contact(_Input):
     email: Annotated[str, Field(max_length=200)] | None = None
 
 
+class WebhookChannel(_Input):
+    """A webhook for the party's alert notifications, signed with ``secret`` (HMAC-SHA256 over
+    ``"<X-Cimtwin-Timestamp>.<body>"``, sent as ``X-Cimtwin-Signature: sha256=<hex>``)."""
+
+    url: Annotated[str, Field(max_length=500, pattern=r"^https?://")]
+    secret: Annotated[str | None, Field(min_length=16, max_length=256,
+                                        description="the signing key; write-only, never returned")] = None
+
+
 class Channels(_Input):
     """Where alerts for this party are sent."""
 
-    webhook: Annotated[str, Field(max_length=500, pattern=r"^https?://")] | None = None
+    webhook: Annotated[str, Field(max_length=500, pattern=r"^https?://",
+                                  description="a URL (notifications sent unsigned)")] | WebhookChannel | None = None
     mqtt_topic: Annotated[str, Field(max_length=300)] | None = None
     sms: Annotated[str, Field(max_length=40)] | None = None
     email: Annotated[str, Field(max_length=200)] | None = None

@@ -16,12 +16,14 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import psycopg
+import shapely
 from psycopg import sql
 from psycopg.rows import dict_row
 from psycopg.types.json import Jsonb
 from psycopg_pool import AsyncConnectionPool
 
 from cimtwin.errors import BadRequest, Conflict, NotFound, QueryTimeout
+from cimtwin.geo.dwithin import nearest_band
 
 # ----------------------------------------------------------------------------- errors
 
@@ -265,13 +267,106 @@ def _feature_select(layer: Layer, q: FeatureQuery) -> sql.Composable:
         id=sql.SQL(layer.id_expr), geom=_geometry_sql(q.srid, q.digits), props=sql.SQL(", ").join(pairs))
 
 
-def _nearest_sql(layer: Layer, q: FeatureQuery, where: sql.Composable, select: sql.Composable,
+# Nearest N (see geo/dwithin.py, "Nearest N"). Each row's scaled planar distance ``s`` and
+# bounding-box diagonal give bounds lo ≤ ST_Distance(geography) ≤ hi; a row outside the
+# guard box gets its exact distance ``d`` instead (lo = hi = d). The same values as _POINT and
+# _DISTANCE, written with C functions only: SQL-function wrappers (ST_Scale, ST_GeomFromWKB(wkb,
+# srid)) are inlined anew at every planning, which doubled it.
+_NN_POINT = "ST_SetSRID(ST_GeomFromWKB(%(point)s), 4326)"
+_NN_DISTANCE = "ST_Distance({g}::geography, " + _NN_POINT + "::geography, true)"
+_NEAREST_ROW = f"""ST_Distance(ST_Affine(t.geom, %(nb_kx)s, 0, 0, 0, 1, 0, 0, 0, 1, 0, 0, 0),
+                ST_SetSRID(ST_MakePoint(%(nb_x)s, %(nb_y)s), 4326)) AS s,
+    ST_Length(ST_BoundingDiagonal(t.geom, false)) AS diag,
+    CASE WHEN NOT t.geom @ ST_MakeEnvelope(%(nb_x0)s, %(nb_y0)s, %(nb_x1)s, %(nb_y1)s, 4326)
+         THEN {_NN_DISTANCE.format(g="t.geom")} END AS d"""
+_NEAREST_HI = ("coalesce(d, ((%(nb_k0)s + %(nb_a)s * s / 2) * s + %(nb_sag)s * diag * diag) * %(nb_ratio)s "
+               "* (1 + 1e-6) + 0.005)")
+_NEAREST_LO = ("coalesce(d, ((%(nb_k0)s - %(nb_a)s * least(s, %(nb_span)s) / 2) * least(s, %(nb_span)s) "
+               "- %(nb_sag)s * diag * diag) * (1 - 1e-3) - 0.005)")
+# Layers whose joins neither drop nor repeat rows (LEFT JOINs on a key; an inner join on a NOT
+# NULL foreign key): their candidates come from the table alone, which plans faster, unless a
+# filter reads another alias.
+_NEAREST_TABLE_ONLY = frozenset({"areas", "buildings", "components", "floors"})
+_ALIAS = re.compile(r"\b([A-Za-z_]\w*)\.[A-Za-z_]")
+
+
+def _nearest_params(band) -> dict[str, float]:
+    """The parameters of _NEAREST_ROW, _NEAREST_LO and _NEAREST_HI for a NearestBand."""
+    return dict(nb_kx=band.kx, nb_x=band.x, nb_y=band.y, nb_k0=band.k0, nb_a=band.a, nb_sag=band.sag_k,
+                nb_ratio=band.ratio, nb_span=2 * band.reach, nb_x0=band.guard[0], nb_y0=band.guard[1],
+                nb_x1=band.guard[2], nb_y1=band.guard[3])
+
+
+def _nearest_from(layer: Layer, q: FeatureQuery) -> str:
+    """What the candidate steps scan: the table alone where that selects the same rows."""
+    if layer.name in _NEAREST_TABLE_ONLY:
+        used = {name for name, value in q.filters.items() if value is not None}
+        if not any(set(_ALIAS.findall(layer.filters.get(name, "x.x"))) - {"t"} for name in used):
+            return f"{layer.table} t"
+    return layer.from_
+
+
+def _nearest_sql(layer: Layer, q: FeatureQuery, where: sql.Composable, select: sql.Composable | None,
                  params: dict) -> sql.Composable:
-    """Exactly the N geodesically nearest, in two steps in one statement: the N nearest in
-    planar lon/lat (the plain GiST index) give a radius, the largest of their geodesic
+    """Exactly the N nearest by geodesic distance (``ST_Distance`` on geography), ties by id;
+    ``select`` None: the ids alone, in order.
+
+    1. The N nearest in planar lon/lat (the plain GiST index) give a radius: the largest
+       upper bound of their distances. N features are within it for sure.
+    2. Every feature that may be within it (the geography index) gets its bounds; those
+       whose lower bound is above the N-th smallest upper bound are out.
+    3. The rest are ranked by their bounds; only rows whose bounds overlap another's get
+       the exact distance (usually none or two; ties always do), so the order is exactly
+       that of the exact distances, then id.
+
+    Where no bounds are safe (near the poles, across the antimeridian) every distance is
+    exact (:func:`_nearest_exact_sql`).
+
+    N is written into the SQL: with LIMIT as a parameter a generic plan is costed for a
+    tenth of the table (and JIT-compiled), so a prepared statement would be planned anew at
+    every call; with it written in, the plan cache keeps the generic plan, which is the
+    same plan."""
+    params["nearest"] = q.nearest
+    pt = shapely.from_wkb(q.point)
+    band = nearest_band(pt.x, pt.y) if isinstance(pt, shapely.Point) and not pt.is_empty else None
+    if band is None:
+        return _nearest_exact_sql(layer, where, select, params)
+    params.update(_nearest_params(band))
+    ranked = sql.SQL("""
+        WITH knn AS MATERIALIZED (
+            SELECT {row} FROM {scan} WHERE {where}
+            ORDER BY t.geom <-> {point} LIMIT {n}),
+        cand AS MATERIALIZED (
+            SELECT id, geom, d IS NOT NULL AS exact, {lo} AS lo, {hi} AS hi FROM (
+                SELECT {id} AS id, t.geom, {row} FROM {scan}
+                WHERE {where} AND t.geom::geography && _ST_Expand({point}::geography, (SELECT max({hi}) FROM knn))
+                OFFSET 0) c),
+        ranked AS (
+            SELECT id, geom, exact, lo, hi,
+                   max(hi) OVER (ORDER BY lo, id ROWS BETWEEN UNBOUNDED PRECEDING AND 1 PRECEDING) AS below_hi,
+                   lead(lo) OVER (ORDER BY lo, id) AS above_lo
+            FROM cand WHERE lo <= (SELECT hi FROM cand ORDER BY hi LIMIT 1 OFFSET {n_1}) IS NOT FALSE),
+        nearest AS (
+            SELECT id, CASE WHEN exact OR (below_hi < lo IS NOT FALSE AND hi < above_lo IS NOT FALSE) THEN lo
+                            ELSE {exact} END AS rank_d
+            FROM ranked ORDER BY 2, 1 LIMIT {n})""").format(
+        row=sql.SQL(_NEAREST_ROW), lo=sql.SQL(_NEAREST_LO), hi=sql.SQL(_NEAREST_HI), point=sql.SQL(_NN_POINT),
+        exact=sql.SQL(_NN_DISTANCE.format(g="geom")),
+        scan=sql.SQL(_nearest_from(layer, q)), where=where, id=sql.SQL(layer.id_expr),
+        n=sql.Literal(int(q.nearest)), n_1=sql.Literal(int(q.nearest) - 1))
+    if select is None:
+        return sql.SQL("{} SELECT id FROM nearest ORDER BY rank_d, id").format(ranked)
+    return sql.SQL("{ranked} SELECT {select} FROM {from_} JOIN nearest nn ON nn.id = {id} "
+                   "ORDER BY nn.rank_d, nn.id").format(ranked=ranked, select=select, from_=sql.SQL(layer.from_),
+                                                       id=sql.SQL(layer.id_expr))
+
+
+def _nearest_exact_sql(layer: Layer, where: sql.Composable, select: sql.Composable | None,
+                       params: dict) -> sql.Composable:
+    """The N nearest with every distance exact, in two steps in one statement: the N nearest
+    in planar lon/lat (the plain GiST index) give a radius, the largest of their geodesic
     distances, that N features are sure to be within; then every feature within that radius
     (the geography index) is ranked by geodesic distance, then id."""
-    params["nearest"] = q.nearest
     return sql.SQL("""
         WITH knn AS MATERIALIZED (
             SELECT {dist} AS d FROM {from_} WHERE {where}
@@ -281,7 +376,8 @@ def _nearest_sql(layer: Layer, q: FeatureQuery, where: sql.Composable, select: s
         WHERE {where} AND t.geom::geography && _ST_Expand({point}::geography, (SELECT r FROM reach))
           AND {dist} <= (SELECT r FROM reach)
         ORDER BY {dist}, {id} LIMIT %(nearest)s""").format(
-        dist=sql.SQL(_DISTANCE), point=sql.SQL(_POINT), from_=sql.SQL(layer.from_), where=where, select=select,
+        dist=sql.SQL(_DISTANCE), point=sql.SQL(_POINT), from_=sql.SQL(layer.from_), where=where,
+        select=select if select is not None else sql.SQL("{} AS id").format(sql.SQL(layer.id_expr)),
         id=sql.SQL(layer.id_expr))
 
 
@@ -335,7 +431,7 @@ def matching_ids_sql(q: FeatureQuery) -> tuple[sql.Composable, dict]:
     where = _where(layer, q, params)
     id_ = sql.SQL("{} AS id").format(sql.SQL(layer.id_expr))
     if q.nearest is not None:
-        return _nearest_sql(layer, q, where, id_, params), params
+        return _nearest_sql(layer, q, where, None, params), params
     return sql.SQL("SELECT {id} FROM {from_} WHERE {where}").format(
         id=id_, from_=sql.SQL(layer.from_), where=where), params
 
@@ -584,7 +680,8 @@ async def component_kinds(pool: AsyncConnectionPool) -> list[dict]:
 
 # ----------------------------------------------------------------------------- parties
 
-_PARTY_COLUMNS = "id, code, name, kind, contacts, channels, created_at"
+# A webhook's signing secret is write-only: never read back out.
+_PARTY_COLUMNS = "id, code, name, kind, contacts, channels #- '{webhook,secret}' AS channels, created_at"
 _ASSIGNMENT_COLUMNS = """pa.id, pa.party_id, p.code AS party_code, pa.area_id, pa.building_id, pa.room_id,
                          pa.component_id, pa.component_kind, pa.role, pa.created_at"""
 

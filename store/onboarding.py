@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from psycopg.rows import dict_row
 from psycopg_pool import AsyncConnectionPool

@@ -26,9 +26,7 @@ _COLUMNS = """p.id, v.code AS vendor, p.name, p.version, p.format, p.topic, p.do
 
 def profiles_generation(conn: psycopg.Connection) -> int:
     """A counter that moves whenever any profile is added, changed or deleted."""
-    generation = conn.execute("SELECT generation FROM profiles_state").fetchone()[0]
-    conn.rollback()
-    return generation
+    return conn.execute("SELECT generation FROM profiles_state").fetchone()[0]
 
 
 def load_profiles(conn: psycopg.Connection) -> list[tuple[int, str, str, int, dict]]:
@@ -36,16 +34,7 @@ def load_profiles(conn: psycopg.Connection) -> list[tuple[int, str, str, int, di
     rows = conn.execute("""SELECT p.id, v.code, p.name, p.version, p.document
                            FROM profiles p JOIN vendors v ON v.id = p.vendor_id
                            ORDER BY v.code, p.name, p.version""").fetchall()
-    conn.rollback()
     return rows
-
-
-def profile_documents(conn: psycopg.Connection, profile_ids: list[int]) -> dict[int, tuple[str, int, dict]]:
-    """``{id: (vendor_code, version, document)}`` for the given profile ids."""
-    rows = conn.execute("""SELECT p.id, v.code, p.version, p.document FROM profiles p
-                           JOIN vendors v ON v.id = p.vendor_id WHERE p.id = ANY(%s)""",
-                        (profile_ids,)).fetchall()
-    return {r[0]: (r[1], r[2], r[3]) for r in rows}
 
 
 # --- the API (async) ---------------------------------------------------------------------------

@@ -25,9 +25,10 @@ while PostgreSQL still writes this one; :meth:`ReadingWriter.write` then mostly 
 
 from __future__ import annotations
 
+import logging
 import struct
 import threading
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 
@@ -35,6 +36,8 @@ import psycopg
 from psycopg import sql
 
 from .db import connect, has_timescaledb
+
+log = logging.getLogger("cimtwin.ingest")
 
 WEEK_S = 7 * 24 * 3600
 # 1970-01-05 was a Monday: partitions run Monday to Monday, UTC.
@@ -86,13 +89,15 @@ _ROLLUP = """
                 min = least(r.min, excluded.min), max = greatest(r.max, excluded.max))"""
 
 
-def _move_statement(with_rollups: bool) -> sql.Composable:
+def _move_statement(with_rollups: bool, *, rows: bool = False) -> sql.Composable:
+    """Stage → readings (new rows only) → latest and rollups; selects the count, or the new rows."""
     parts = [sql.SQL(_INSERTED)]
     if with_rollups:
         for name, table, unit in (("m1", "readings_1m", "minute"), ("h1", "readings_1h", "hour")):
             parts.append(sql.SQL(_ROLLUP).format(name=sql.Identifier(name), table=sql.Identifier(table),
                                                  unit=sql.Literal(unit)))
-    return sql.SQL("WITH ") + sql.SQL(",").join(parts) + sql.SQL(" SELECT count(*) FROM ins")
+    tail = " SELECT time, sensor_id, value, received_at FROM ins" if rows else " SELECT count(*) FROM ins"
+    return sql.SQL("WITH ") + sql.SQL(",").join(parts) + sql.SQL(tail)
 
 
 _UPSERT_LATEST = """
@@ -410,11 +415,23 @@ class DeviceLookup:
             self._close()
 
 
-class ReadingWriter:
-    """Owns one connection; any psycopg.OperationalError means reconnect and retry the batch."""
+InsertedHook = Callable[[psycopg.Connection, Sequence[tuple[datetime, int, float, datetime]]], None]
 
-    def __init__(self, url: str, *, application_name: str = "cimtwin-ingest"):
+
+class ReadingWriter:
+    """Owns one connection; any psycopg.OperationalError means reconnect and retry the batch.
+
+    ``on_inserted`` (the alert engine) runs inside each batch's transaction with exactly the
+    readings that were new, so what it writes commits, or not, together with them. It runs
+    under a savepoint: if it fails, the readings are still stored and the failure is counted.
+    """
+
+    def __init__(self, url: str, *, application_name: str = "cimtwin-ingest",
+                 on_inserted: InsertedHook | None = None):
         self._url = url
+        self._on_inserted = on_inserted
+        self.hook_failures = 0
+        self.last_hook_error: str | None = None
         self._application_name = application_name
         self._conn: psycopg.Connection | None = None
         self._weeks_ready: set[int] = set()
@@ -434,7 +451,7 @@ class ReadingWriter:
                 conn.execute(statement)
             self.timescaledb = has_timescaledb(conn)
             conn.commit()
-            self._move = _move_statement(with_rollups=not self.timescaledb)
+            self._move = _move_statement(with_rollups=not self.timescaledb, rows=self._on_inserted is not None)
             self._summary_sql = _summary_statement(with_rollups=not self.timescaledb)
             self._conn = conn
         return self._conn
@@ -509,8 +526,12 @@ class ReadingWriter:
             elif self._safe_batches:
                 self._safe_batches -= 1
             with conn.cursor() as cur:
+                new_rows = rows if fast else ()
                 if rows and not fast:
-                    inserted = self._insert_missing(cur, rows, prepared)
+                    new_rows = self._insert_missing(cur, rows, prepared)
+                    inserted = new_rows if isinstance(new_rows, int) else len(new_rows)
+                if new_rows and self._on_inserted is not None:
+                    self._run_hook(conn, new_rows)
                 if dead_letters:
                     cur.executemany(_DEAD_LETTER, [
                         (d.digest, d.topic, d.vendor_code, d.device_ext_id, d.reason_code, d.reason,
@@ -552,8 +573,9 @@ class ReadingWriter:
             cur.execute(self._summary_sql)
         return prepared.count
 
-    def _insert_missing(self, cur: psycopg.Cursor, rows, prepared: PreparedRows | None) -> int:
-        """Safe path: insert what is not stored yet; only that feeds latest and the rollups."""
+    def _insert_missing(self, cur: psycopg.Cursor, rows, prepared: PreparedRows | None) -> int | list[tuple]:
+        """Safe path: insert what is not stored yet; only that feeds latest and the rollups.
+        Returns the count, or the new rows when a hook needs them."""
         with cur.copy(_COPY) as copy:
             if prepared is not None:
                 copy.write(prepared.copy_data)
@@ -561,4 +583,18 @@ class ReadingWriter:
                 copy.set_types(_COPY_TYPES)
                 for row in rows:
                     copy.write_row(row)
-        return cur.execute(self._move).fetchone()[0]
+        cur.execute(self._move)
+        if self._on_inserted is None:
+            return cur.fetchone()[0]
+        return cur.fetchall()
+
+    def _run_hook(self, conn: psycopg.Connection, new_rows) -> None:
+        try:
+            with conn.transaction():  # a savepoint
+                self._on_inserted(conn, new_rows)
+        except psycopg.OperationalError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - a rule bug must not lose readings
+            self.hook_failures += 1
+            self.last_hook_error = f"{type(exc).__name__}: {exc}"
+            log.exception("the alert engine failed on a batch; its readings are stored")

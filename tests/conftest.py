@@ -19,7 +19,8 @@ from .helpers import (TEST_ADMIN_KEY, ApiServer, Broker, IngestProcess, Publishe
 
 # One database per pytest process, so concurrent runs never share or drop each other's.
 TEST_DB = os.environ.get("CIMTWIN_TEST_DATABASE", f"cimtwin_test_{os.getpid()}")
-DATA_TABLES = ["readings", "readings_1m", "readings_1h", "latest", "dead_letters", "pending_devices",
+DATA_TABLES = ["notification_outbox", "alert_events", "alerts", "alert_rule_state", "alert_rule_versions",
+               "alert_rules", "readings", "readings_1m", "readings_1h", "latest", "dead_letters", "pending_devices",
                "sensors", "devices", "mqtt_credentials", "api_keys", "audit_log", "vendors",
                "party_assignments", "parties", "components", "rooms", "floors", "buildings", "areas"]
 

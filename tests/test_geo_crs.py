@@ -15,9 +15,7 @@ from shapely.geometry import Point, Polygon
 from cimtwin.geo import crs
 from cimtwin.geo.crs import (
     CRS84,
-    GCJ02,
     SUPPORTED_CRS,
-    CrsRef,
     UnknownCrsError,
     parse_crs,
     transform_geometry,

@@ -1,0 +1,336 @@
+"""Alert latency benchmark: MQTT publish → ingest → rule → COMMIT → SSE event, under load.
+
+Run:  .venv/bin/python bench/alerts.py [--probes 200] [--load 5000] [--rate-messages 100000]
+
+It prints a table and, as its last line, one JSON object. It is not a test: it exits 0 and
+reports what it measured.
+
+What is measured, all in one run on the same broker, database and machine
+-------------------------------------------------------------------------
+* ``sse_latency_p50_ms`` / ``sse_latency_p99_ms``: a probe sensor has a threshold rule
+  (> 100, clears below 50, no hold). The probe publishes a breaching reading (QoS 1) and
+  waits for the alert's ``raised`` event on ``GET /alerts/stream`` (a real SSE client on the
+  real API); then a clearing reading and its ``resolved`` event. Latency = event received −
+  publish call, so it covers the broker, ingest's batch, the COMMIT that stores the reading
+  and the alert together, NOTIFY, and the API's stream.
+* ``relay_p99_ms`` (the floor): at the same background load, a bare Python subscriber
+  (paho, in its own process) republishes each probe message; latency = publish → the probe
+  receives the copy. Same broker, same QoS 1.
+* Background load: a paho publisher process sending ``--load`` readings/s (1 reading per
+  message, 100 devices, paced) to ``cim/v1/bench/…`` during both latency measurements.
+* ``readings_per_s_no_rules`` / ``readings_per_s_1000_rules``: ``bench/ingest.py --phases
+  single`` run twice in this run (its backlog-drain method; see its docstring), once without
+  rules and once with ``--rules 1000`` threshold rules on the same sensors (a tenth of them
+  fire and clear as the values cycle).
+
+Targets (issue 5): SSE p99 < 150 ms and within 5× the relay's p99; the 1,000-rule ingest
+rate at least 80 % of the rate without rules.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
+
+ROOT = Path(__file__).resolve().parent.parent
+VENDOR = "bench"
+LOAD_DEVICES = 100
+
+
+def log(msg: str) -> None:
+    print(f"[alerts-bench {time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
+
+
+def _client(client_id: str, *, max_inflight: int = 20):
+    import paho.mqtt.client as mqtt
+    from paho.mqtt.enums import CallbackAPIVersion
+
+    from cimtwin.settings import Settings
+    ep = Settings().mqtt
+    client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=client_id, protocol=mqtt.MQTTv5)
+    if ep.username:
+        client.username_pw_set(ep.username, ep.password)
+    client.max_inflight_messages_set(max_inflight)
+    client.connect(ep.host, ep.port, keepalive=30)
+    return client
+
+
+# --- child roles ----------------------------------------------------------------------------------
+
+def role_load(a) -> None:
+    """Publishes ``rate`` 1-reading messages per second (QoS 1, paced in 10 ms slices) until killed."""
+    client = _client(a.client_id, max_inflight=1000)
+    client.loop_start()
+    t0 = datetime.now(timezone.utc) - timedelta(hours=2)
+    i, start = 0, time.monotonic()
+    while True:
+        due = int((time.monotonic() - start) * a.rate)
+        while i < due:
+            t = (t0 + timedelta(milliseconds=i)).isoformat()
+            client.publish(f"cim/v1/{VENDOR}/l{i % LOAD_DEVICES:03d}/up",
+                           json.dumps({"readings": [{"channel": "v", "value": i % 50, "time": t}]}), qos=1)
+            i += 1
+        time.sleep(0.01)
+
+
+def role_relay(a) -> None:
+    """Republishes every message on bench/relay/in to bench/relay/out (QoS 1)."""
+    client = _client(a.client_id)
+    client.on_message = lambda c, u, m: c.publish("bench/relay/out", m.payload, qos=1)
+    client.subscribe("bench/relay/in", qos=1)
+    client.loop_forever()
+
+
+# --- the run ----------------------------------------------------------------------------------------
+
+class Run:
+    def __init__(self, args):
+        from cimtwin.settings import Settings
+        self.args = args
+        self.run_id = uuid.uuid4().hex[:6]
+        base = Settings()
+        parts = urlsplit(base.database_url)
+        self.admin_url = urlunsplit(parts._replace(path="/postgres"))
+        self.db_url = urlunsplit(parts._replace(path=f"/{args.database}"))
+        self.settings = base.model_copy(update={
+            "database_url": self.db_url, "api_port": args.api_port,
+            "ingest_client_id": f"bench-alerts-{self.run_id}", "ingest_session_expiry_s": 60,
+            "admin_api_key": None})
+        self.procs: list[subprocess.Popen] = []
+        self.key = f"bench-{uuid.uuid4().hex}"
+        self.notes: list[str] = []
+
+    def child(self, role: str, **kw) -> subprocess.Popen:
+        cmd = [sys.executable, str(Path(__file__).resolve()), "--child", role]
+        for k, v in kw.items():
+            cmd += [f"--{k.replace('_', '-')}", str(v)]
+        proc = subprocess.Popen(cmd, cwd=ROOT, start_new_session=True)
+        self.procs.append(proc)
+        return proc
+
+    def service(self, command: str) -> subprocess.Popen:
+        from pydantic import SecretStr
+
+        from cimtwin.settings import settings_env
+        env = settings_env(self.settings.model_copy(update={"admin_api_key": SecretStr(self.key)}))
+        proc = subprocess.Popen([sys.executable, "-m", "cimtwin.cli", command], env=env, cwd=ROOT,
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+        self.procs.append(proc)
+        return proc
+
+    def setup(self) -> int:
+        import psycopg
+
+        from cimtwin.store.migrate import migrate
+        with psycopg.connect(self.admin_url, autocommit=True) as admin:
+            admin.execute(f'DROP DATABASE IF EXISTS "{self.args.database}" WITH (FORCE)')
+            admin.execute(f'CREATE DATABASE "{self.args.database}" TEMPLATE cimtwin_template')
+        migrate(self.db_url)
+        with psycopg.connect(self.db_url, autocommit=True) as conn:
+            vendor = conn.execute("INSERT INTO vendors (code, name) VALUES (%s, 'Bench') RETURNING id",
+                                  (VENDOR,)).fetchone()[0]
+            probe = None
+            for ext_id in ["probe"] + [f"l{d:03d}" for d in range(LOAD_DEVICES)]:
+                device = conn.execute("INSERT INTO devices (vendor_id, ext_id) VALUES (%s, %s) RETURNING id",
+                                      (vendor, ext_id)).fetchone()[0]
+                sensor = conn.execute("INSERT INTO sensors (device_id, channel, quantity, unit) "
+                                      "VALUES (%s, 'v', 'x', '1') RETURNING id", (device,)).fetchone()[0]
+                probe = probe or sensor
+            conn.execute("""INSERT INTO alert_rules (name, kind, condition, scope, severity)
+                            VALUES ('probe high', 'threshold', %s, %s, 'critical')""",
+                         (json.dumps({"op": ">", "value": 100, "clear_value": 50, "hold_s": 0}),
+                          json.dumps({"sensor_id": probe})))
+        return probe
+
+    def sse_latencies(self) -> list[float]:
+        import httpx
+        events: dict[str, list[float]] = {"raised": [], "resolved": []}
+        arrived = threading.Condition()
+        stop = threading.Event()
+        url = f"http://127.0.0.1:{self.args.api_port}/alerts/stream"
+
+        def listen():
+            with httpx.Client(timeout=None) as http, http.stream("GET", url, headers={"X-API-Key": self.key}) as r:
+                for line in r.iter_lines():
+                    if stop.is_set():
+                        return
+                    if line.startswith("data:"):
+                        action = json.loads(line[5:])["event"]["action"]
+                        with arrived:
+                            events.setdefault(action, []).append(time.monotonic())
+                            arrived.notify_all()
+
+        listener = threading.Thread(target=listen, daemon=True)
+        listener.start()
+        time.sleep(1.0)
+        client = _client(f"bench-alerts-probe-{self.run_id}")
+        client.loop_start()
+        latencies = []
+        t = datetime.now(timezone.utc) - timedelta(minutes=1)
+        for i in range(self.args.probes * 2):
+            action = "raised" if i % 2 == 0 else "resolved"
+            value = 150 if action == "raised" else 0
+            t += timedelta(milliseconds=10)
+            with arrived:
+                seen = len(events[action])
+            sent = time.monotonic()
+            client.publish(f"cim/v1/{VENDOR}/probe/up", json.dumps(
+                {"readings": [{"channel": "v", "value": value, "time": t.isoformat()}]}), qos=1)
+            with arrived:
+                ok = arrived.wait_for(lambda: len(events[action]) > seen, timeout=10)
+            if not ok:
+                self.notes.append(f"probe {i}: no {action} event within 10 s")
+                continue
+            if action == "raised":
+                latencies.append((events[action][seen] - sent) * 1000)
+            time.sleep(0.05)
+        stop.set()
+        client.loop_stop()
+        client.disconnect()
+        return latencies
+
+    def relay_latencies(self) -> list[float]:
+        relay = self.child("relay", client_id=f"bench-alerts-relay-{self.run_id}")
+        time.sleep(1.0)
+        got = threading.Condition()
+        received: list[float] = []
+        client = _client(f"bench-alerts-relayprobe-{self.run_id}")
+
+        def on_message(c, u, m):
+            with got:
+                received.append(time.monotonic())
+                got.notify_all()
+        client.on_message = on_message
+        client.subscribe("bench/relay/out", qos=1)
+        client.loop_start()
+        time.sleep(0.5)
+        latencies = []
+        for _ in range(self.args.probes):
+            with got:
+                seen = len(received)
+            sent = time.monotonic()
+            client.publish("bench/relay/in", b"x", qos=1)
+            with got:
+                if got.wait_for(lambda: len(received) > seen, timeout=10):
+                    latencies.append((received[seen] - sent) * 1000)
+            time.sleep(0.05)
+        client.loop_stop()
+        client.disconnect()
+        relay.kill()
+        return latencies
+
+    def ingest_rate(self, rules: int) -> dict:
+        out = subprocess.run([sys.executable, str(ROOT / "bench" / "ingest.py"), "--phases", "single",
+                              "--workers", "1", "--messages", str(self.args.rate_messages), "--wait-idle", "0",
+                              "--rules", str(rules), "--database", f"{self.args.database}_rate"],
+                             cwd=ROOT, capture_output=True, text=True, timeout=900)
+        line = [ln for ln in out.stdout.splitlines() if ln.startswith("{")][-1]
+        return json.loads(line)
+
+    def run(self) -> dict:
+        a = self.args
+        res: dict = {}
+        self.setup()
+        self.service("serve")
+        self.service("ingest")
+        import httpx
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            try:
+                if httpx.get(f"http://127.0.0.1:{a.api_port}/health", timeout=1).status_code in (200, 503):
+                    break
+            except httpx.TransportError:
+                time.sleep(0.2)
+        time.sleep(2)  # the ingest worker subscribes
+        load = self.child("load", client_id=f"bench-alerts-load-{self.run_id}", rate=a.load)
+        time.sleep(2)
+        log(f"background load: {a.load} readings/s")
+        sse = self.sse_latencies()
+        log(f"SSE: {len(sse)} raised events")
+        relay = self.relay_latencies()
+        log(f"relay: {len(relay)} round trips")
+        load.kill()
+        res["sse"], res["relay"] = sse, relay
+        for proc in self.procs:
+            if proc.poll() is None:
+                proc.terminate()
+        for rules in (0, 1000):
+            r = self.ingest_rate(rules)
+            res[f"rate_{rules}"] = r["canonical_1_readings_per_s"]
+            log(f"ingest with {rules} rules: {res[f'rate_{rules}']} readings/s")
+        return res
+
+    def cleanup(self) -> None:
+        import psycopg
+        for proc in self.procs:
+            if proc.poll() is None:
+                proc.kill()
+        with psycopg.connect(self.admin_url, autocommit=True) as admin:
+            admin.execute(f'DROP DATABASE IF EXISTS "{self.args.database}" WITH (FORCE)')
+
+
+def pct(values: list[float], q: float) -> float | None:
+    if not values:
+        return None
+    values = sorted(values)
+    return round(values[min(len(values) - 1, int(q * len(values)))], 1)
+
+
+def main() -> None:
+    if len(sys.argv) > 2 and sys.argv[1] == "--child":
+        p = argparse.ArgumentParser()
+        p.add_argument("role")
+        p.add_argument("--client-id")
+        p.add_argument("--rate", type=float, default=5000)
+        a = p.parse_args(sys.argv[2:])
+        {"load": role_load, "relay": role_relay}[a.role](a)
+        return
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--probes", type=int, default=200)
+    p.add_argument("--load", type=float, default=5000)
+    p.add_argument("--rate-messages", type=int, default=100_000)
+    p.add_argument("--api-port", type=int, default=8765)
+    p.add_argument("--database", default="cimtwin_bench_alerts")
+    args = p.parse_args()
+    run = Run(args)
+    res: dict = {}
+    try:
+        res = run.run()
+    except Exception as exc:  # a bench reports what it could measure
+        run.notes.append(f"bench aborted: {type(exc).__name__}: {exc}")
+    finally:
+        run.cleanup()
+    sse, relay = res.get("sse", []), res.get("relay", [])
+    r0, r1000 = res.get("rate_0"), res.get("rate_1000")
+    out = {
+        "sse_latency_p50_ms": pct(sse, 0.50), "sse_latency_p99_ms": pct(sse, 0.99),
+        "relay_p50_ms": pct(relay, 0.50), "relay_p99_ms": pct(relay, 0.99),
+        "sse_samples": len(sse), "relay_samples": len(relay),
+        "background_readings_per_s": args.load,
+        "readings_per_s_no_rules": r0, "readings_per_s_1000_rules": r1000,
+        "rules_rate_ratio": round(r1000 / r0, 3) if r0 and r1000 else None,
+        "notes": run.notes,
+    }
+    if sse and relay:
+        out["sse_p99_vs_relay_p99"] = round(out["sse_latency_p99_ms"] / out["relay_p99_ms"], 2)
+    print(f"\nalert latency under {args.load:.0f} readings/s: SSE p50 {out['sse_latency_p50_ms']} ms, "
+          f"p99 {out['sse_latency_p99_ms']} ms (target < 150, <= 5x relay); relay p50 {out['relay_p50_ms']} ms, "
+          f"p99 {out['relay_p99_ms']} ms; mean SSE {statistics.fmean(sse) if sse else 0:.1f} ms")
+    print(f"ingest, 1 reading/msg: {r0} readings/s without rules, {r1000} with 1,000 rules "
+          f"(ratio {out['rules_rate_ratio']}, target >= 0.8)")
+    for note in run.notes:
+        print(f"NOTE: {note}")
+    print(json.dumps(out))
+
+
+if __name__ == "__main__":
+    main()
