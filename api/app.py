@@ -17,6 +17,7 @@ from cimtwin.store.db import open_async_pool
 from .auth import ANY_ROLE, READERS, KeyCache, require
 from .routers import alert_stream
 from .routers import alerts as alerts_router
+from .routers import twin as twin_router
 from .routers import (access, blocks, health, mqtt_credentials, ogc, onboarding, readings, registry, reports,
                       schemas, spatial, tiles)
 
@@ -70,6 +71,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(onboarding.router)  # roles per route; a vendor key only for its own vendor
     app.include_router(reports.router)  # admin, operator, analyst
     app.include_router(alerts_router.router)  # rules, alerts, events: readers read, admin/operator act
+    app.include_router(twin_router.router)  # admin, operator, analyst
     return app
 
 

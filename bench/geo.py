@@ -59,7 +59,10 @@ Figures (milliseconds; p50 and p95; warm-up requests are not timed)
 * ``*_sqlserver_*``, ``*_sqlexec_*``: the same id-only query, timed by PostgreSQL itself
   (planning + execution, and execution alone, from ``EXPLAIN (ANALYZE, TIMING OFF, SUMMARY
   ON)``): the query without the round trip. (The API's pooled connections prepare statements
-  that repeat, so it mostly skips planning.)
+  that repeat, so it mostly skips parsing; PostgreSQL still plans each call unless it keeps
+  a generic plan, which it does for the nearest query, whose N is written into the SQL. The
+  bench's own connection prepares the same way, so ``nearest_10_sqlids`` has no planning in
+  it while ``nearest_10_sqlserver`` has.)
   ``*_geogonly_sqlexec_*``: for comparison, the predicates used before the planar band and
   the two-step nearest (``ST_DWithin`` on geography for every candidate; KNN on the
   geography index, exact distances of the first 36). ``nearest_10_twostep_sqlexec``: the

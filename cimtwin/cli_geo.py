@@ -1,4 +1,4 @@
-"""``cimtwin import areas|buildings|components FILE`` and ``cimtwin export LAYER FILE``.
+"""``cimtwin import areas|buildings|components|cityjson|ifc FILE`` and ``cimtwin export LAYER FILE``.
 
 Import exit codes: 0 every feature was stored (inserted, updated or unchanged); 3 some
 features were rejected (each one is listed; the others were stored); 1 nothing was
@@ -49,7 +49,7 @@ def _progress():
         yield update
 
 
-def _run(kind: str, path: Path, report_path: Path | None, **options) -> None:
+def _run(kind: str, path: Path, report_path: Path | None, *, importer=None, **options) -> None:
     from cimtwin.geo.crs import UnknownCrsError
     from cimtwin.geo.io import FileFormatError
     from cimtwin.twin.importer import import_file
@@ -57,7 +57,10 @@ def _run(kind: str, path: Path, report_path: Path | None, **options) -> None:
     settings = get_settings()
     try:
         with _progress() as progress:
-            report = import_file(settings.database_url, kind, path, progress=progress, **options)
+            if importer is not None:  # a format with its own reader (cityjson)
+                report = importer(settings.database_url, path, progress=progress, **options)
+            else:
+                report = import_file(settings.database_url, kind, path, progress=progress, **options)
     except (FileFormatError, UnknownCrsError) as exc:
         err.print(f"[red]import {kind}: {exc}[/]", soft_wrap=True)
         raise typer.Exit(1) from None
@@ -132,6 +135,65 @@ def import_components(path: Path = FileArg, crs: str = CrsOpt, layer: str = Laye
     spatially unless --building-field / --area-field are given."""
     _run("components", path, report, crs=crs, layer=layer, id_field=id_field, component_kind=kind,
          building_field=building_field, area_field=area_field, geometry_field=geometry_field, dry_run=dry_run)
+
+
+@import_app.command("cityjson")
+def import_cityjson(path: Path = FileArg,
+                    crs: str = typer.Option(None, "--crs", help="CRS of the x/y coordinates, overriding the file's "
+                                                                "metadata.referenceSystem (compound CRSs such as "
+                                                                "EPSG:7415 use their horizontal part)"),
+                    dry_run: bool = DryRunOpt, report: Path = ReportOpt) -> None:
+    """Buildings from a CityJSON 1.x/2.0 city model: footprint and height from LoD1/LoD2.
+
+    One building per Building city object (its BuildingParts merged in), keyed by its id;
+    footprint = 2D union of its surfaces at the highest LoD present, height =
+    measuredHeight or max z - min z. Re-importing updates, never duplicates."""
+    from cimtwin.twin.cityjson_import import import_cityjson as importer
+
+    _run("cityjson", path, report, importer=importer, crs=crs, dry_run=dry_run)
+
+
+@import_app.command("ifc")
+def import_ifc(path: Path = FileArg,
+               building: str = typer.Option(..., "--building", help="the building (its ext_id, or its id) the "
+                                                                     "interior belongs to; import it first"),
+               anchor: str = typer.Option(None, "--anchor", help="lon,lat of the IFC origin when the file has no "
+                                                                 "IfcMapConversion (default: the IfcSite reference)"),
+               rotation: float = typer.Option(0.0, "--rotation", help="degrees clockwise from north to the model's "
+                                                                      "+y axis (with --anchor or the IfcSite point)"),
+               dry_run: bool = DryRunOpt, report: Path = ReportOpt) -> None:
+    """A building's interior from IFC: IfcBuildingStorey → floors, IfcSpace → rooms.
+
+    Room footprints are the spaces' shapes in plan; re-importing updates floors (by level)
+    and rooms (by IfcSpace GlobalId), never duplicates."""
+    from cimtwin.geo.io import FileFormatError
+    from cimtwin.twin.ifc_import import import_ifc as run, parse_anchor
+
+    try:
+        result = run(get_settings().database_url, path, building=building, anchor=parse_anchor(anchor),
+                     rotation=rotation, dry_run=dry_run)
+    except FileFormatError as exc:
+        err.print(f"[red]import ifc: {exc}[/]", soft_wrap=True)
+        raise typer.Exit(1) from None
+    except Exception as exc:
+        err.print(f"[red]import ifc failed, nothing was imported: {type(exc).__name__}: {exc}[/]", soft_wrap=True)
+        raise typer.Exit(1) from None
+    for note in result.notes:
+        typer.echo(f"note: {note}")
+    for issue in result.rejected:
+        typer.echo(f"rejected {issue}")
+    for guid in result.outside:
+        typer.echo(f"warning: room {guid} is not within the building's footprint")
+    for f in result.floors:
+        typer.echo(f"floor {f['level']}: {f['name']} at {f['elevation']:g} m, {f['rooms']} rooms")
+    verb = "would store" if dry_run else "stored"
+    typer.echo(f"ifc: placed by {result.georef}; {verb} {len(result.floors)} floors ({result.floors_inserted} "
+               f"inserted, {result.floors_updated} updated) and {result.rooms} rooms ({result.rooms_inserted} "
+               f"inserted, {result.rooms_updated} updated); {len(result.rejected)} rejected")
+    if report is not None:
+        report.write_text(json.dumps(result.as_dict(), ensure_ascii=False, indent=2), encoding="utf-8")
+    if result.rejected:
+        raise typer.Exit(EXIT_REJECTED)
 
 
 def export(layer: str = typer.Argument(..., help="areas, buildings, floors, rooms, components or sensors"),

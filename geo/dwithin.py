@@ -30,8 +30,11 @@ Why the radii are safe
   half-size 2r around the point), so every edge is shorter than the guard's diagonal.
   Larger geometries always get the exact test.
 * **PostGIS.** For lines and polygons PostGIS finds the closest point on the sphere and
-  measures on the ellipsoid; that is within about 2·10⁻⁵·r of the ellipsoidal minimum.
-  The margin is 10⁻³·r + the sagitta bound (×1.5) + 5 mm.
+  measures on the ellipsoid. That is never below the ellipsoidal minimum, and usually
+  within about 2·10⁻⁵·r of it; but where two edges are about equally near, the one nearer
+  on the sphere can be farther on the ellipsoid, by up to the ratio N/M (0.5 % at 31°): so
+  ``inner`` is divided by that ratio too (``outer`` needs nothing). The margin is
+  10⁻³·r + the sagitta bound (×1.5) + 5 mm.
 
 Near the poles (above 80°) and across the antimeridian there is no band (None): every
 row gets the exact test.
@@ -165,8 +168,10 @@ def scaled_band(lon: float, lat: float, radius_m: float) -> ScaledBand | None:
     edge = math.hypot(width, height)
     sagitta = edge * edge * math.tan(math.radians(phi_hi)) / (8 * _R_MIN) * 1.5
     margin = 1e-3 * r + sagitta + 0.005
+    # PostGIS's distance can exceed the ellipsoidal minimum by up to N/M ("Nearest N" below)
+    ratio = _n(phi_hi) / _m(phi_lo)
     return ScaledBand(kx=kx, x=lon * kx, y=lat,
-                      inner=max((r - margin) / kmax, 0.0), outer=(r + margin) / kmin,
+                      inner=max((r - margin) / (kmax * ratio), 0.0), outer=(r + margin) / kmin,
                       guard=(lon - g_dlon, lat - g_dlat, lon + g_dlon, lat + g_dlat))
 
 

@@ -292,9 +292,9 @@ _ALIAS = re.compile(r"\b([A-Za-z_]\w*)\.[A-Za-z_]")
 
 def _nearest_params(band) -> dict[str, float]:
     """The parameters of _NEAREST_ROW, _NEAREST_LO and _NEAREST_HI for a NearestBand."""
-    return dict(nb_kx=band.kx, nb_x=band.x, nb_y=band.y, nb_k0=band.k0, nb_a=band.a, nb_sag=band.sag_k,
-                nb_ratio=band.ratio, nb_span=2 * band.reach, nb_x0=band.guard[0], nb_y0=band.guard[1],
-                nb_x1=band.guard[2], nb_y1=band.guard[3])
+    return {"nb_kx": band.kx, "nb_x": band.x, "nb_y": band.y, "nb_k0": band.k0, "nb_a": band.a,
+            "nb_sag": band.sag_k, "nb_ratio": band.ratio, "nb_span": 2 * band.reach, "nb_x0": band.guard[0],
+            "nb_y0": band.guard[1], "nb_x1": band.guard[2], "nb_y1": band.guard[3]}
 
 
 def _nearest_from(layer: Layer, q: FeatureQuery) -> str:

@@ -97,6 +97,8 @@ COLLECTIONS: dict[str, CollectionDef] = {c.id: c for c in (
             _p("name", "f.name", "string", "Name", True),
             _p("elevation", "f.elevation", "number", "Metres above the building's base"),
             _p("height", "f.height", "number", "Floor height, metres"),
+            _p("min_height", "f.elevation", "number", "Base of the floor for 3D stacking (= elevation), metres"),
+            _p("top", "f.elevation + f.height", "number", "Top of the floor (elevation + height), metres"),
             _p("own_outline", "f.geom IS NOT NULL", "boolean", "False when the outline is the building's"),
             _p("attributes", "f.properties", "object", "Further attributes"),
         )),

@@ -404,9 +404,41 @@ def test_scaled_band_is_withheld_near_the_poles_and_the_antimeridian():
     assert 0 < band.inner < band.outer and band.outer / band.inner < 1.01
 
 
+def test_distance_band_allows_for_postgis_closest_point_on_the_sphere(district):
+    """A point in a notch between two edges: PostGIS measures to the edge nearer on the sphere,
+    0.4 % farther on the ellipsoid than the other; the planar band must not call it within r
+    for radii between the two (it did, with a 10⁻³ margin)."""
+    from cimtwin.geo.dwithin import scaled_band
+    from cimtwin.store import blocks as store
+
+    x, y, e = POINT.x, POINT.y, 0.0004  # small enough for the band's guard box
+    dlon = 0.0003
+    dlat = dlon * np.cos(np.radians(y)) * 1.001
+    notch = (f"POLYGON(({x + dlon} {y - e}, {x + dlon} {y + dlat}, {x - e} {y + dlat}, {x - e} {y + e}, "
+             f"{x + e} {y + e}, {x + e} {y - e}, {x + dlon} {y - e}))")
+    with psycopg.connect(district.database_url, autocommit=True) as conn:
+        cid = conn.execute("INSERT INTO components (ext_id, kind, geom) VALUES ('test-notch', 'gas_pipe', "
+                           "ST_GeomFromText(%s, 4326)) RETURNING id", (notch,)).fetchone()[0]
+        try:
+            wkb = shapely.to_wkb(POINT)
+            d = conn.execute("SELECT ST_Distance(geom::geography, ST_GeomFromWKB(%s, 4326)::geography) "
+                             "FROM components WHERE id = %s", (wkb, cid)).fetchone()[0]
+            for r in np.linspace(d * 0.995, d * 1.001, 13):
+                q = store.FeatureQuery(layer="components", point=wkb, distance_m=float(r),
+                                       filters={"kind": ["gas_pipe"]}, band=scaled_band(x, y, float(r)))
+                query, params = store.matching_ids_sql(q)
+                got = cid in {i for (i,) in conn.execute(query, params)}
+                want = conn.execute("SELECT ST_DWithin(geom::geography, ST_GeomFromWKB(%s, 4326)::geography, %s) "
+                                    "FROM components WHERE id = %s", (wkb, float(r), cid)).fetchone()[0]
+                assert got == want, (r, d, got, want)
+        finally:
+            conn.execute("DELETE FROM components WHERE id = %s", (cid,))
+
+
 def test_nearest_is_exactly_the_geodesic_ranking(district, server):
-    """The two-step nearest (planar KNN for a radius, then the geography index) equals a full
-    ranking by geodesic distance, with filters, through the API."""
+    """The nearest N (planar KNN for a radius, the geography index's candidates, ranked by
+    distance bounds with exact distances where bounds overlap) equals a full ranking by
+    geodesic distance, with filters, through the API."""
     with psycopg.connect(district.database_url, autocommit=True) as conn:
         points = _sample_points(conn, 15)
         for k, p in enumerate(points):
@@ -419,6 +451,120 @@ def test_nearest_is_exactly_the_geodesic_ranking(district, server):
                     f"ST_Distance(geom::geography, ST_GeomFromWKB(%s, 4326)::geography), id LIMIT %s",
                     (shapely.to_wkb(p), n))]
                 assert [f["id"] for f in body["features"]] == want, (layer, p.wkt, n)
+
+
+def _strained_components(p: shapely.Point) -> list[str]:
+    """WKT of components around p that strain the nearest bounds (geo/dwithin.py, "Nearest N")."""
+    x, y = p.x, p.y
+    dlon = 0.0003
+    dlat = dlon * np.cos(np.radians(y)) * 1.001  # 0.1 % farther north than east, on the sphere
+    return [
+        # 38 km east–west line 55 m north of p: its great circle bows ~17 m further north
+        f"LINESTRING({x - 0.2} {y + 0.0005}, {x + 0.2} {y + 0.0005})",
+        # the same outside the guard box: exact distance
+        f"LINESTRING({x - 0.6} {y - 0.0007}, {x + 0.6} {y - 0.0007})",
+        # p in a notch between an east edge and a north edge: PostGIS measures to the one nearer
+        # on the sphere (east), which on the ellipsoid is 0.4 % farther than the other
+        (f"POLYGON(({x + dlon} {y - 0.0005}, {x + dlon} {y + dlat}, {x - 0.0005} {y + dlat}, "
+         f"{x - 0.0005} {y + 0.001}, {x + 0.001} {y + 0.001}, {x + 0.001} {y - 0.0005}, {x + dlon} {y - 0.0005}))"),
+        # a collection; a polygon holding p and a point on p (distance 0, a tie)
+        (f"GEOMETRYCOLLECTION(POINT({x + 0.0004} {y - 0.0002}), LINESTRING({x - 0.0003} {y - 0.0004}, "
+         f"{x + 0.0002} {y - 0.0006}), POLYGON(({x} {y - 0.001}, {x + 0.0002} {y - 0.001}, "
+         f"{x + 0.0001} {y - 0.0009}, {x} {y - 0.001})))"),
+        (f"POLYGON(({x - 0.00001} {y - 0.00001}, {x + 0.00001} {y - 0.00001}, {x} {y + 0.00001}, "
+         f"{x - 0.00001} {y - 0.00001}))"),
+        f"POINT({x} {y})",
+    ]
+
+
+def test_nearest_distance_bounds_hold_for_every_row(district):
+    """lo <= ST_Distance(geography) <= hi (geo/dwithin.py, "Nearest N") for every row of every
+    layer, for points in, between and far from the district, with geometries that strain the
+    bounds (long lines, a notch, collections, the district's areas); and the bounds are tight."""
+    from cimtwin.geo.dwithin import nearest_band
+    from cimtwin.store import blocks as store
+
+    with psycopg.connect(district.database_url, autocommit=True) as conn:
+        points = _sample_points(conn, 10) + [POINT, shapely.Point(121.7, 31.1), shapely.Point(122.5, 30.0)]
+        added = [conn.execute("INSERT INTO components (ext_id, kind, geom) VALUES (%s, 'gas_pipe', "
+                              "ST_GeomFromText(%s, 4326)) RETURNING id", (f"test-strain-{k}", wkt)).fetchone()[0]
+                 for k, wkt in enumerate(_strained_components(POINT))]
+        try:
+            checked = 0
+            for p in points:
+                band = nearest_band(p.x, p.y)
+                params = {"point": shapely.to_wkb(p), **store._nearest_params(band)}
+                for table in ("buildings", "components", "areas"):
+                    rows = conn.execute(
+                        f"SELECT id, {store._NEAREST_LO}, {store._NEAREST_HI}, "
+                        f"{store._NN_DISTANCE.format(g='geom')}, d IS NULL "
+                        f"FROM (SELECT t.id, t.geom, {store._NEAREST_ROW} FROM {table} t) x", params).fetchall()
+                    for row_id, lo, hi, exact, banded in rows:
+                        assert lo <= exact <= hi, (table, row_id, p.wkt, lo, exact, hi)
+                        if banded and table == "buildings" and exact < 1000:
+                            assert hi - lo < 0.0065 * exact + 0.02, (row_id, p.wkt, lo, exact, hi)
+                    checked += len(rows)
+            assert checked > 13 * 1450
+            # the notch: PostGIS's distance is above the ellipsoidal minimum, and within hi
+            notch = conn.execute("SELECT ST_Distance(geom::geography, ST_GeomFromWKB(%s, 4326)::geography) "
+                                 "FROM components WHERE id = %s", (shapely.to_wkb(POINT), added[2])).fetchone()[0]
+            north = pyproj.Geod(ellps="WGS84").inv(POINT.x, POINT.y, POINT.x,
+                                                   POINT.y + 0.0003 * np.cos(np.radians(POINT.y)))[2]
+            assert notch > north + 0.05
+        finally:
+            conn.execute("DELETE FROM components WHERE id = ANY(%s)", (added,))
+
+
+def test_nearest_ranking_with_ties_far_points_and_few_features(district, server):
+    """Exact ranking (distance, then id) where bounds cannot decide: identical buildings,
+    zero distances, collections; points far from everything, near the antimeridian and the
+    pole (every distance exact there); N larger than the number of features."""
+    from cimtwin.store import blocks as store
+
+    with psycopg.connect(district.database_url, autocommit=True) as conn:
+        src = conn.execute("SELECT id FROM buildings ORDER BY geom <-> ST_SetSRID(ST_MakePoint(%s, %s), 4326) "
+                           "LIMIT 1", (POINT.x, POINT.y)).fetchone()[0]
+        twins = [conn.execute("INSERT INTO buildings (ext_id, geom) SELECT %s, geom FROM buildings WHERE id = %s "
+                              "RETURNING id", (f"test-twin-{k}", src)).fetchone()[0] for k in range(2)]
+        added = [conn.execute("INSERT INTO components (ext_id, kind, geom) VALUES (%s, 'gas_pipe', "
+                              "ST_GeomFromText(%s, 4326)) RETURNING id", (f"test-rank-{k}", wkt)).fetchone()[0]
+                 for k, wkt in enumerate(_strained_components(POINT))]
+        vertex = shapely.Point(*conn.execute("SELECT ST_X(g), ST_Y(g) FROM ST_DumpPoints((SELECT geom FROM buildings "
+                                             "WHERE id = %s)) d(path, g) LIMIT 1", (src,)).fetchone())
+        try:
+            points = [POINT, vertex, shapely.Point(121.5, 31.0), shapely.Point(0.0, 0.0),
+                      shapely.Point(-150.0, -45.0), shapely.Point(179.99, 31.2), shapely.Point(-179.99, 31.2),
+                      shapely.Point(121.5, 85.0)]
+            cases = [("buildings", {}, "TRUE", n) for n in (1, 3, 12)] + [
+                ("buildings", {"use": None}, "TRUE", 1600),
+                ("components", {}, "TRUE", 8), ("components", {"kind": ["gas_pipe"]}, "kind = 'gas_pipe'", 50),
+                ("components", {"kind": ["hydrant"]}, "kind = 'hydrant'", 30), ("areas", {}, "TRUE", 40)]
+            for p in points:
+                wkb = shapely.to_wkb(p)
+                for layer, filters, where, n in cases:
+                    want = [i for (i,) in conn.execute(
+                        f"SELECT id FROM {layer} WHERE {where} ORDER BY "
+                        f"ST_Distance(geom::geography, ST_GeomFromWKB(%s, 4326)::geography), id LIMIT %s", (wkb, n))]
+                    query, params = store.matching_ids_sql(store.FeatureQuery(layer=layer, filters=filters, point=wkb,
+                                                                             nearest=n))
+                    got = [i for (i,) in conn.execute(query, params)]
+                    assert got == want, (layer, filters, p.wkt, n)
+            # through the API (the full query), ties included
+            for p in (POINT, vertex):
+                want = [i for (i,) in conn.execute(
+                    "SELECT id FROM buildings ORDER BY ST_Distance(geom::geography, "
+                    "ST_GeomFromWKB(%s, 4326)::geography), id LIMIT 6", (shapely.to_wkb(p),))]
+                body = server.get("/spatial/buildings", params={"point": p.wkt, "nearest": 6}).json()
+                assert [f["id"] for f in body["features"]] == want, p.wkt
+                d = [f["properties"]["distance_m"] for f in body["features"]]
+                assert d == sorted(d)
+            assert {src, *twins} <= set(want) and d[:3] == [0, 0, 0]
+            body = server.get("/spatial/components", params={"point": POINT.wkt, "nearest": 6}).json()
+            assert [f["id"] for f in body["features"]][:2] == sorted(added[-2:])
+            assert [f["properties"]["distance_m"] for f in body["features"]][:2] == [0, 0]
+        finally:
+            conn.execute("DELETE FROM components WHERE id = ANY(%s)", (added,))
+            conn.execute("DELETE FROM buildings WHERE id = ANY(%s)", (twins,))
 
 
 def test_distance_and_nearest_take_any_geometry_type(server, district):
