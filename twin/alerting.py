@@ -20,8 +20,8 @@ import logging
 import operator
 from collections import defaultdict
 from collections.abc import Sequence
-from typing import NamedTuple
 from datetime import datetime, timezone
+from typing import NamedTuple
 
 import psycopg
 
