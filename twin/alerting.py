@@ -35,10 +35,6 @@ OPS = {">": operator.gt, ">=": operator.ge, "<": operator.lt, "<=": operator.le}
 Row = tuple[datetime, int, float, datetime]
 
 
-def _title(rule: RuleRow) -> str:
-    return rule.name
-
-
 class _Outcome:
     """What evaluating one (rule, sensor) over a batch asks the store to do, in reading order."""
 
@@ -301,7 +297,7 @@ class AlertEngine:
                                    last_value=last[1])
                 repeats = 0
             if step == "raise":
-                store.raise_alert(conn, rule, sensor_id=sensor_id, time=t, value=v, title=_title(rule))
+                store.raise_alert(conn, rule, sensor_id=sensor_id, time=t, value=v, title=rule.name)
                 self.raised += 1
             else:
                 store.clear_alert(conn, rule, sensor_id=sensor_id, time=t, value=v)

@@ -16,11 +16,10 @@ import geopandas as gpd
 import numpy as np
 import pandas as pd
 import psycopg
+
 from cimtwin.geo.cityjson import read_cityjson_buildings
 from cimtwin.geo.crs import CrsLike
 from cimtwin.geo.io import SourceFeatures
-from cimtwin.store import blocks as store
-from cimtwin.store.db import connect
 from cimtwin.twin import importer as _imp
 from cimtwin.twin.importer import ImportReport, Progress
 
@@ -117,33 +116,5 @@ def import_cityjson(database_url: str, path: str | Path, *, crs: CrsLike | None 
                                                   f"(BuildingParts merged), geometry from LoD {', '.join(lods)}"])
     if progress:
         progress("read", 1, 1)
-    src = _imp._resolve_crs(features, report)
-    geoms, reason, repaired = _imp._check(features, "buildings", src, progress, report)
-    rows, ids = _imp._map_rows("buildings", features, geoms, reason, id_field="ext_id", height_field="height",
-                               area_field=None, building_field=None, level=None, component_kind=None, report=report)
-
-    def staged():
-        for k, row in enumerate(rows, 1):
-            yield row
-            if progress and (k % 2000 == 0 or k == len(rows)):
-                progress("store", k, len(rows))
-
-    own = conn is None
-    conn = conn or connect(database_url, application_name="cimtwin-import")
-    try:
-        with conn.transaction() as tx:
-            result = store.upsert_buildings(conn, _imp._jsonb_rows(staged()))
-            if dry_run:
-                raise psycopg.Rollback(tx)
-    finally:
-        if own:
-            conn.close()
-    for index, why in result.rejected:
-        reason[index] = why
-    report.inserted, report.updated, report.unchanged = result.inserted, result.updated, result.unchanged
-    report.derived = {k: v for k, v in vars(result.derived).items() if v}
-    report.rejected = [_imp.FeatureIssue(int(i), ids[i], reason[i]) for i in range(len(reason))
-                       if reason[i] is not None]
-    report.repaired = [_imp.FeatureIssue(int(i), ids[i], repaired[i]) for i in range(len(repaired))
-                       if repaired[i] is not None and reason[i] is None]
-    return report
+    return _imp.import_features(database_url, "buildings", features, report, id_field="ext_id",
+                                height_field="height", dry_run=dry_run, progress=progress, conn=conn)

@@ -393,6 +393,18 @@ def import_file(database_url: str, kind: str, path: str | Path, *, crs: CrsLike 
                           notes=list(features.notes))
     if progress:
         progress("read", 1, 1)
+    return import_features(database_url, kind, features, report, id_field=id_field, height_field=height_field,
+                           area_field=area_field, building_field=building_field, level=level,
+                           component_kind=component_kind, dry_run=dry_run, progress=progress, conn=conn)
+
+
+def import_features(database_url: str, kind: str, features: SourceFeatures, report: ImportReport, *,
+                    id_field: str | None = None, height_field: str | None = None, area_field: str | None = None,
+                    building_field: str | None = None, level: str | None = None,
+                    component_kind: str | None = None, dry_run: bool = False, progress: Progress | None = None,
+                    conn: psycopg.Connection | None = None) -> ImportReport:
+    """Check, map and upsert features already read (from a file or another reader such as
+    CityJSON's); fills and returns ``report``."""
     src = _resolve_crs(features, report)
     geoms, reason, repaired = _check(features, kind, src, progress, report)
     rows, ids = _map_rows(kind, features, geoms, reason, id_field=id_field, height_field=height_field,
