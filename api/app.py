@@ -16,7 +16,9 @@ from cimtwin.store.db import open_async_pool
 
 from .auth import ANY_ROLE, READERS, KeyCache, require
 from .routers import alert_stream
+from .routers import console
 from .routers import alerts as alerts_router
+from .routers import live_state as live_state_router
 from .routers import twin as twin_router
 from .routers import (access, blocks, health, mqtt_credentials, ogc, onboarding, readings, registry, reports,
                       schemas, spatial, tiles)
@@ -61,6 +63,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.key_cache = KeyCache()
     for module in (health, schemas):
         app.include_router(module.router)
+    app.include_router(console.router)  # public: the console's page and built files (web/dist), at / and /assets
     for module in (registry, readings, blocks):
         app.include_router(module.router, dependencies=[Depends(require(*ANY_ROLE))])
     for module in (ogc, tiles, spatial):
@@ -72,6 +75,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(reports.router)  # admin, operator, analyst
     app.include_router(alerts_router.router)  # rules, alerts, events: readers read, admin/operator act
     app.include_router(twin_router.router)  # admin, operator, analyst
+    app.include_router(live_state_router.router)  # GET /twin/states: admin, operator, analyst
     return app
 
 

@@ -83,10 +83,10 @@ def role_load(a) -> None:
 
 
 def role_relay(a) -> None:
-    """Republishes every message on bench/relay/in to bench/relay/out (QoS 1)."""
+    """Republishes every message on cimtwin/bench/relay/in to cimtwin/bench/relay/out (QoS 1)."""
     client = _client(a.client_id)
-    client.on_message = lambda c, u, m: c.publish("bench/relay/out", m.payload, qos=1)
-    client.subscribe("bench/relay/in", qos=1)
+    client.on_message = lambda c, u, m: c.publish("cimtwin/bench/relay/out", m.payload, qos=1)
+    client.subscribe("cimtwin/bench/relay/in", qos=1)
     client.loop_forever()
 
 
@@ -210,18 +210,23 @@ class Run:
                 received.append(time.monotonic())
                 got.notify_all()
         client.on_message = on_message
-        client.subscribe("bench/relay/out", qos=1)
+        client.subscribe("cimtwin/bench/relay/out", qos=1)
         client.loop_start()
         time.sleep(0.5)
-        latencies = []
+        latencies, misses = [], 0
         for _ in range(self.args.probes):
             with got:
                 seen = len(received)
             sent = time.monotonic()
-            client.publish("bench/relay/in", b"x", qos=1)
+            client.publish("cimtwin/bench/relay/in", b"x", qos=1)
             with got:
                 if got.wait_for(lambda: len(received) > seen, timeout=10):
                     latencies.append((received[seen] - sent) * 1000)
+                else:
+                    misses += 1
+                    if misses == 3:
+                        self.notes.append("relay: 3 probes got no copy within 10 s; gave up")
+                        break
             time.sleep(0.05)
         client.loop_stop()
         client.disconnect()
@@ -255,9 +260,9 @@ class Run:
         time.sleep(2)
         log(f"background load: {a.load} readings/s")
         sse = self.sse_latencies()
-        log(f"SSE: {len(sse)} raised events")
+        log(f"SSE: {len(sse)} raised events, p50 {pct(sse, 0.5)} ms, p99 {pct(sse, 0.99)} ms")
         relay = self.relay_latencies()
-        log(f"relay: {len(relay)} round trips")
+        log(f"relay: {len(relay)} round trips, p50 {pct(relay, 0.5)} ms, p99 {pct(relay, 0.99)} ms")
         load.kill()
         res["sse"], res["relay"] = sse, relay
         for proc in self.procs:

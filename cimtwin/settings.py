@@ -51,7 +51,7 @@ class Settings(BaseSettings):
     ingest_topics: list[str] = ["cim/v1/+/+/up", "vendors/#"]
     ingest_session_expiry_s: int = Field(default=7 * 24 * 3600, ge=60)
     ingest_batch_max_messages: int = Field(default=2000, ge=1, le=20000)
-    # Short, so an alert follows its reading quickly; under load batches fill by size anyway.
+    # The longest a batch gathers while the committer is busy; an idle committer takes it at once.
     ingest_batch_max_wait_ms: int = Field(default=20, ge=1, le=10000)
     # MQTT 5 Receive Maximum: unacknowledged messages the broker may send us. Must
     # exceed the batch size so the next batch fills while one commits.

@@ -9,6 +9,8 @@
 # with deploy/mosquitto/cimtwin.conf, unless a broker already answers there. The broker
 # requires a login: the service account's password is made once, into
 # $STATE_DIR/mqtt-service.password (0600); `cimtwin broker-sync` writes the password and ACL files.
+# Builds the console (web/ → web/dist, npm packages from package-lock.json) when its sources changed.
+# With --test also Debian's chromium, which the browser tests drive headless.
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -165,8 +167,61 @@ setup_python() {
   fi
 }
 
+# --- Console (web/) -----------------------------------------------------------------
+# `npm ci` when package-lock.json changed since the last install, `npm run build` when any
+# file of web/ (outside node_modules/ and dist/) changed since the last build. The stamps
+# live in web/node_modules, so a fresh `npm ci` (which empties it) also means a rebuild.
+tree_hash() {  # tree_hash DIR: one hash over the names and contents of DIR's source files
+  (cd "$1" && find . \( -path ./node_modules -o -path ./dist \) -prune -o -type f -print0 \
+    | LC_ALL=C sort -z | xargs -0 -r sha256sum) | sha256sum | cut -c1-16
+}
+
+node_ok() {  # Vite 8 needs Node.js ^20.19 or >= 22.12
+  node -e 'const [a,b]=process.versions.node.split(".").map(Number);process.exit(a>22||(a===22&&b>=12)||(a===20&&b>=19)?0:1)' 2>/dev/null
+}
+
+setup_node() {
+  if ! command -v node >/dev/null || ! command -v npm >/dev/null; then apt_install nodejs npm; fi
+  node_ok && return 0
+  # Debian 12's nodejs is 18: take a newer Node.js from the npm registry (the node-linux-<arch>
+  # packages hold the official binaries) into $STATE_DIR/node, and use it for the console only.
+  local arch; case "$(uname -m)" in x86_64) arch=x64 ;; aarch64) arch=arm64 ;; *) arch=$(uname -m) ;; esac
+  local prefix="$STATE_DIR/node"
+  if [ ! -x "$prefix/node_modules/node-linux-$arch/bin/node" ]; then
+    say "Node.js $(node -v) is too old for the console's build; installing node-linux-$arch@22 into $prefix"
+    mkdir -p "$prefix"
+    npm install --prefix "$prefix" --no-audit --no-fund --loglevel=error "node-linux-$arch@22" >/dev/null
+  fi
+  export PATH="$prefix/node_modules/node-linux-$arch/bin:$PATH"
+  node_ok || { say "Node.js >= 20.19 is needed to build the console; found $(node -v)"; exit 1; }
+}
+
+setup_console() {
+  local web="$ROOT/web"
+  [ -f "$web/package.json" ] || return 0
+  setup_node
+  local lock_stamp="$web/node_modules/.cimtwin-lock" build_stamp="$web/node_modules/.cimtwin-build" hash
+  hash=$(sha256sum "$web/package-lock.json" | cut -c1-16)
+  if [ "$(cat "$lock_stamp" 2>/dev/null || true)" != "$hash" ]; then
+    say "installing the console's npm packages (npm ci in web/)"
+    (cd "$web" && npm ci --no-audit --no-fund --loglevel=error)
+    echo "$hash" > "$lock_stamp"
+  fi
+  hash=$(tree_hash "$web")
+  if [ ! -f "$web/dist/index.html" ] || [ "$(cat "$build_stamp" 2>/dev/null || true)" != "$hash" ]; then
+    say "building the console (npm run build in web/)"
+    local log; log=$(mktemp)
+    (cd "$web" && npm run build >"$log" 2>&1) || { cat "$log" >&2; rm -f "$log"; exit 1; }
+    rm -f "$log"
+    echo "$hash" > "$build_stamp"
+  fi
+}
+
 setup_postgres
 setup_python     # before the broker: `cimtwin broker-sync` writes its password and ACL files
 setup_mosquitto
-if [ $WITH_TEST -eq 1 ]; then apt_install gdal-bin; fi
+setup_console
+# The tests read files with GDAL's tools and drive the console in Debian's Chromium (headless;
+# a CJK font so that the Chinese UI in their screenshots is legible).
+if [ $WITH_TEST -eq 1 ]; then apt_install gdal-bin chromium fonts-wqy-microhei; fi
 say "ready: database $PG_HOST:$PG_PORT/$PG_DB, broker $MQTT_HOST:$MQTT_PORT"

@@ -2,7 +2,8 @@
 
 The paho callback only enqueues. Two threads then form a two-stage pipeline:
 
-* **prepare** cuts batches by size and time, decodes and normalizes them, and turns their
+* **prepare** cuts batches (at once when the committer is idle, else growing with the load up
+  to a size and a time limit), decodes and normalizes them, and turns their
   rows into binary COPY data and a summary for ``latest`` and the rollups (pure Python,
   plus a device lookup on its own connection when the cache misses);
 * **commit** (the thread that called :meth:`IngestWorker.run`) writes each prepared batch
@@ -262,6 +263,7 @@ class IngestWorker:
         self.status_topic = f"{settings.status_topic_prefix}/{self.client_id}"
         self._inbox: queue.SimpleQueue[mqtt.MQTTMessage] = queue.SimpleQueue()
         self._prepared: queue.Queue[_Batch] = queue.Queue(maxsize=1)
+        self._committing = False  # the committer is writing a batch (read by the collector)
         app = f"cimtwin-ingest:{self.client_id}"
         self._alerts = AlertEngine(settings.database_url, application_name=app)
         self._writer = ReadingWriter(settings.database_url, application_name=app, on_inserted=self._alerts)
@@ -325,10 +327,13 @@ class IngestWorker:
     # stage 1: prepare -----------------------------------------------------
 
     def _collect(self) -> list[mqtt.MQTTMessage]:
-        """Up to ingest_batch_max_messages; waits at most ingest_batch_max_wait_ms after the first.
+        """Up to ingest_batch_max_messages, cut as soon as the committer could take it.
 
-        It blocks only for the first message, then polls: waking on every message (as a
-        blocking get does) would cost a thread switch per message.
+        It blocks only for the first message, then drains the inbox. When the inbox is empty and
+        the committer is idle, the batch goes at once (waiting would only add latency); while the
+        committer is busy it keeps gathering, at most ingest_batch_max_wait_ms after the first
+        message, so batches grow with the load (group commit). It polls rather than blocking:
+        waking on every message would cost a thread switch per message.
         """
         try:
             first = self._inbox.get(timeout=0.2)
@@ -344,10 +349,12 @@ class IngestWorker:
                     append(get_nowait())
                 return batch
             except queue.Empty:
+                if not self._committing and self._prepared.empty():
+                    return batch
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
                     return batch
-                time.sleep(min(remaining, 0.002))
+                time.sleep(min(remaining, 0.001))
 
     def _to_raw(self, batch: list[mqtt.MQTTMessage]) -> list[RawMessage]:
         # paho stamps messages with time.monotonic(); turn that into wall time.
@@ -530,7 +537,11 @@ class IngestWorker:
                     batch = self._prepared.get(timeout=0.2)
                 except queue.Empty:
                     continue
-                self._commit(batch)
+                self._committing = True
+                try:
+                    self._commit(batch)
+                finally:
+                    self._committing = False
             prepare_thread.join(timeout=10)
             if self._failure is not None:
                 raise self._failure

@@ -134,7 +134,8 @@ _FEED = """
 
 _FILTERED = f"""
     SELECT id, doc::text AS doc, (doc -> 'alert' ->> 'area_id')::bigint AS area_id,
-           doc -> 'alert' ->> 'severity' AS severity
+           doc -> 'alert' ->> 'severity' AS severity, (doc -> 'alert' ->> 'sensor_id')::bigint AS sensor_id,
+           (doc -> 'alert' ->> 'building_id')::bigint AS building_id
       FROM ({_FEED} {{where}}) f
      WHERE (%(areas)s::bigint[] IS NULL OR (doc -> 'alert' ->> 'area_id')::bigint = ANY(%(areas)s))
        AND (%(severities)s::text[] IS NULL OR doc -> 'alert' ->> 'severity' = ANY(%(severities)s))"""
@@ -146,6 +147,8 @@ class FeedEvent:
     doc: str              # the JSON document, one line
     area_id: int | None
     severity: str | None
+    sensor_id: int | None = None     # the alert's sensor and building: their buildings' live state may change
+    building_id: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -162,7 +165,7 @@ async def feed_after(pool: AsyncConnectionPool, *, after_id: int, limit: int) ->
     async with pool.connection() as conn:
         # One statement = one snapshot (READ COMMITTED): the rows and the snapshot bounds together.
         cur = await conn.execute(
-            f"""SELECT p.id, p.doc, p.area_id, p.severity,
+            f"""SELECT p.id, p.doc, p.area_id, p.severity, p.sensor_id, p.building_id,
                        pg_snapshot_xmin(pg_current_snapshot())::text::bigint,
                        pg_snapshot_xmax(pg_current_snapshot())::text::bigint
                   FROM (SELECT 1) one
@@ -171,8 +174,8 @@ async def feed_after(pool: AsyncConnectionPool, *, after_id: int, limit: int) ->
                  ORDER BY p.id""",
             {"after": after_id, "limit": limit, "areas": None, "severities": None})
         rows = await cur.fetchall()
-    events = [FeedEvent(r[0], r[1], r[2], r[3]) for r in rows if r[0] is not None]
-    return FeedPage(events, rows[0][4], rows[0][5])
+    events = [FeedEvent(*r[:6]) for r in rows if r[0] is not None]
+    return FeedPage(events, rows[0][6], rows[0][7])
 
 
 async def feed_ids(pool: AsyncConnectionPool, ids: list[int]) -> list[FeedEvent]:

@@ -26,6 +26,7 @@ class Prop:
     type: str  # JSON Schema type: string | integer | number | boolean | object; "date-time" is a string format
     title: str = ""
     queryable: bool = False
+    enum: tuple[str, ...] | None = None  # the values it can take, when they are a fixed list
 
 
 @dataclass(frozen=True)
@@ -49,8 +50,8 @@ class CollectionDef:
         return [p for p in self.props if p.queryable]
 
 
-def _p(name, expr, type_, title="", q=False) -> Prop:
-    return Prop(name, expr, type_, title, q)
+def _p(name, expr, type_, title="", q=False, enum=None) -> Prop:
+    return Prop(name, expr, type_, title, q, enum)
 
 
 COLLECTIONS: dict[str, CollectionDef] = {c.id: c for c in (
@@ -136,8 +137,9 @@ COLLECTIONS: dict[str, CollectionDef] = {c.id: c for c in (
         )),
     CollectionDef(
         id="sensors", title="Sensors", geometry_type="Point", id_expr="s.id",
-        description="One point per sensor channel with its latest value and status "
-                    "(ok, offline: no reading for too long, no_data: never reported).",
+        description="One point per sensor channel with its latest value and live status "
+                    "(alarm, warning: an unfinished alert of that weight; offline: no reading for too long; "
+                    "no_data: never reported; else ok).",
         from_=sensor_state.FROM, geom=sensor_state.GEOM, temporal="l.time",
         props=(
             _p("vendor", "v.code", "string", "Vendor code", True),
@@ -156,7 +158,8 @@ COLLECTIONS: dict[str, CollectionDef] = {c.id: c for c in (
             _p("value", "l.value", "number", "Latest value"),
             _p("time", "l.time", "date-time", "Time of the latest value"),
             _p("received_at", "l.received_at", "date-time", "When the latest value was received"),
-            _p("status", sensor_state.STATUS, "string", "ok | offline | no_data", True),
+            _p("status", sensor_state.STATUS, "string", sensor_state.STATUS_DESCRIPTION, True,
+               enum=sensor_state.STATUSES),
         )),
 )}
 

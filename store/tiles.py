@@ -41,7 +41,7 @@ class LayerDef:
     id_expr: str
     attrs: tuple[Attr, ...]
     minzoom: int
-    live: bool = False      # carries state that changes without the rows changing (time), never cached
+    live: bool = False      # carries state that changes without its rows changing (time, alerts): never cached
     version: str | None = None  # per-row version expression for the fingerprint (static layers)
 
 
@@ -75,7 +75,7 @@ LAYERS: dict[str, LayerDef] = {layer.id: layer for layer in (
     LayerDef(
         id="sensors", description="Sensors with their latest value and live status",
         from_=sensor_state.FROM, geom=sensor_state.GEOM, id_expr="s.id", minzoom=10, live=True,
-        attrs=(Attr("status", sensor_state.STATUS, "String", "ok | offline | no_data"),
+        attrs=(Attr("status", sensor_state.STATUS, "String", sensor_state.STATUS_DESCRIPTION),
                Attr("vendor", "v.code", "String", "vendor code"), Attr("device", "d.ext_id", "String", "device id"),
                Attr("channel", "s.channel", "String", "channel"), Attr("quantity", "s.quantity", "String", "quantity"),
                Attr("unit", "s.unit", "String", "unit"), Attr("value", "l.value", "Number", "latest value"),

@@ -20,6 +20,7 @@ from cimtwin.geo.crs import wgs84_to_gcj02
 
 from .blockdata import api, server, world  # noqa: F401  (fixtures)
 from .blockdata import oapif_url
+from .helpers import wait_for
 
 CRS84 = "http://www.opengis.net/def/crs/OGC/1.3/CRS84"
 GCJ02 = "urn:cimtwin:crs:gcj02"
@@ -228,6 +229,40 @@ def test_sensors_have_a_place_and_a_status(api, world, db):
     feats = sensors()
     assert [feats[ids[n]]["properties"]["status"] for n in ("pressure", "smoke", "bldg_power")] == \
         ["ok", "offline", "ok"]
+
+
+def test_sensor_status_follows_its_alerts(api, world, db, ingest, publisher):
+    """A critical alert raised from a published reading: the sensor is 'alarm' (and found by
+    ?status=alarm) while the alert is unfinished, 'ok' again once it is closed."""
+    def status_of(name: str) -> str:
+        r = api.get(f"/ogc/collections/sensors/items/{world.sensor_ids[name]}")
+        assert r.status_code == 200, r.text
+        return r.json()["properties"]["status"]
+
+    queryables = api.get("/ogc/collections/sensors/queryables").json()
+    assert queryables["properties"]["status"]["enum"] == ["alarm", "warning", "offline", "no_data", "ok"]
+    r = api.get("/ogc/collections/sensors/items", params={"status": "alarmed"})
+    assert (r.status_code, r.json()["error"]) == (400, "invalid_filter") and "alarm, warning" in r.json()["detail"]
+
+    pressure = world.sensor_ids["pressure"]
+    r = api.post("/rules", json={"name": "hydrant pressure high", "kind": "threshold", "severity": "critical",
+                                 "scope": {"sensor_id": pressure}, "condition": {"op": ">", "value": 1.0}})
+    assert r.status_code == 201, r.text
+    ingest()
+    publisher.publish("cim/v1/acme/gw-1/up", {"time": datetime.now(timezone.utc).isoformat(),
+                                              "readings": [{"channel": "p1", "value": 1.9}]})
+    alert_id = wait_for(lambda: db.execute("SELECT id FROM alerts WHERE sensor_id = %s AND status = 'open'",
+                                           (pressure,)).fetchone(), timeout=30, message="for the alert")[0]
+    assert status_of("pressure") == "alarm"
+    alarmed = api.get("/ogc/collections/sensors/items", params={"status": "alarm"}).json()
+    assert [f["id"] for f in alarmed["features"]] == [pressure] and alarmed["numberMatched"] == 1
+    party = api.post("/parties", json={"code": "water-co", "name": "Water Co", "kind": "enterprise"}).json()["id"]
+    assert api.post(f"/alerts/{alert_id}/dispatch", json={"party_id": party}).status_code == 200
+    assert status_of("pressure") == "alarm"  # dispatched is unfinished
+    assert api.post(f"/alerts/{alert_id}/resolve", json={}).status_code == 200
+    assert api.post(f"/alerts/{alert_id}/close", json={}).status_code == 200
+    assert status_of("pressure") == "ok"
+    assert api.get("/ogc/collections/sensors/items", params={"status": "alarm"}).json()["numberMatched"] == 0
 
 
 ERROR_CASES = [

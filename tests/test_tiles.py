@@ -9,6 +9,7 @@ import math
 import re
 import subprocess
 import time
+from datetime import datetime, timezone
 
 import mapbox_vector_tile
 import psycopg
@@ -18,7 +19,7 @@ from shapely import wkt as shapely_wkt
 from shapely.geometry import box
 
 from .blockdata import api, server, world  # noqa: F401  (fixtures)
-from .helpers import ApiServer
+from .helpers import ApiServer, wait_for
 
 WORLD = 20037508.342789244
 CENTRE = (121.5005, 31.2375)  # Lujiazui, inside the seeded data
@@ -201,6 +202,49 @@ def test_sensor_goes_offline_with_time_alone(settings, world):
         assert later.headers["etag"] != first.headers["etag"]
     finally:
         server.stop()
+
+
+def _open_alerts(db, n: int) -> dict[int, int] | None:
+    """{sensor_id: alert_id} of the open alerts, once there are ``n``."""
+    rows = dict(db.execute("SELECT sensor_id, id FROM alerts WHERE status = 'open'").fetchall())
+    return rows if len(rows) == n else None
+
+
+def test_sensor_tile_shows_alerts_and_is_not_served_stale_after_them(api, world, db, ingest, publisher):
+    """An alert raised by the engine from a published reading makes its sensor 'alarm' (major) or
+    'warning' (info) in the next tile, whatever the client's ETag; resolving it makes it 'ok' again."""
+    ids = world.sensor_ids
+    url = "/tiles/sensors/{}/{}/{}.mvt".format(*tile_at(*CENTRE, 14))
+    first = api.get(url)
+    assert (_statuses(first)[ids["pressure"]], _statuses(first)[ids["smoke"]]) == ("ok", "ok")
+    for name, severity in (("pressure", "major"), ("smoke", "info")):
+        r = api.post("/rules", json={"name": f"{name} high", "kind": "threshold", "severity": severity,
+                                     "scope": {"sensor_id": ids[name]}, "condition": {"op": ">", "value": 1.0}})
+        assert r.status_code == 201, r.text
+    ingest()
+    publisher.publish("cim/v1/acme/gw-1/up", {"time": datetime.now(timezone.utc).isoformat(),
+                                              "readings": [{"channel": "p1", "value": 1.6},
+                                                           {"channel": "smoke", "value": 2.5}]})
+    alerts = wait_for(lambda: _open_alerts(db, 2), timeout=30, message="for both alerts")
+    assert alerts.keys() == {ids["pressure"], ids["smoke"]}
+
+    second = api.get(url, headers={"If-None-Match": first.headers["etag"]})
+    assert second.status_code == 200 and second.headers["etag"] != first.headers["etag"]
+    assert (_statuses(second)[ids["pressure"]], _statuses(second)[ids["smoke"]]) == ("alarm", "warning")
+    assert api.get(url, headers={"If-None-Match": second.headers["etag"]}).status_code == 304
+
+    # An acknowledged alert is unfinished: still alarm. Resolved, the sensor is ok again (its
+    # reading is fresh); so is the other one when its alert is closed.
+    assert api.post(f"/alerts/{alerts[ids['pressure']]}/acknowledge", json={}).status_code == 200
+    assert _statuses(api.get(url))[ids["pressure"]] == "alarm"
+    assert api.post(f"/alerts/{alerts[ids['pressure']]}/resolve", json={"note": "valve fixed"}).status_code == 200
+    third = api.get(url, headers={"If-None-Match": second.headers["etag"]})
+    assert third.status_code == 200
+    assert (_statuses(third)[ids["pressure"]], _statuses(third)[ids["smoke"]]) == ("ok", "warning")
+    assert api.post(f"/alerts/{alerts[ids['smoke']]}/resolve", json={}).status_code == 200
+    assert api.post(f"/alerts/{alerts[ids['smoke']]}/close", json={}).status_code == 200
+    fourth = api.get(url, headers={"If-None-Match": third.headers["etag"]})
+    assert fourth.status_code == 200 and _statuses(fourth)[ids["smoke"]] == "ok"
 
 
 def test_tile_errors_empty_tiles_and_minzoom(api, world):

@@ -1,4 +1,5 @@
-"""``GET /alerts/stream``: alert events as Server-Sent Events, filtered by area and severity.
+"""``GET /alerts/stream``: alert events as Server-Sent Events, filtered by area and severity, and
+the buildings' live state changes (``building_state``, without ids).
 
 The router brings its own lifespan (merged into the app's by ``include_router``): it starts the
 process's one ``AlertHub`` after the app's pool is open, and stops it before the pool closes.
@@ -52,10 +53,26 @@ receive.) Reconnect with the `Last-Event-ID` header (browsers' `EventSource` doe
 `?last_event_id=` to get the events after it first (at most the newest `CIMTWIN_STREAM_REPLAY_MAX`;
 an `event: truncated` says when older ones were left out), then live ones, without gaps or repeats.
 A comment line keeps the connection alive every 15 s. A client that falls too far behind is cut
-off and should reconnect. `EventSource` cannot send headers: pass the key as `?api_key=`."""
+off and should reconnect. `EventSource` cannot send headers: pass the key as `?api_key=`.
+
+The stream also carries the buildings' live state (the states of `GET /twin/states`), as a second
+event type **without an `id:` line** (it never moves `Last-Event-ID`, and is never replayed):
+
+```
+event: building_state
+data: {"version": 1, "building_id": 12, "area_id": 5, "state": "alarm", "previous": "ok",
+       "counts": {"ok": 3, "warning": 0, "alarm": 1, "offline": 0}, "at": "2024-05-01T08:00:00.123456+00:00"}
+```
+
+sent when a building's state or its counts change: soon after an alert on one of its sensors is
+raised, cleared, resolved or closed, and within about 10 s when its sensors go offline or come
+back (every building is read again that often). `previous` is the state before (null when the
+building had no sensors); `state` is null when it has none any more. `area_id` filters these
+events too (by the building's area), `severity` does not. On (re)connecting, read
+`GET /twin/states` for the current states."""
 
 
-@router.get("/alerts/stream", summary="Live alert events (Server-Sent Events), resumable",
+@router.get("/alerts/stream", summary="Live alert events and building states (Server-Sent Events), resumable",
             description=_DESCRIPTION, response_class=StreamingResponse,
             responses={200: {"content": {"text/event-stream": {}}, "description": "the event stream"}},
             dependencies=[Depends(require(*READERS))])

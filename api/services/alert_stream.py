@@ -14,21 +14,35 @@ clients connected then.
 
 Each client has a bounded queue. The hub never waits for a client: one whose queue is full is
 cut off (its stream ends after what it has queued) and reconnects with ``Last-Event-ID``.
+
+The hub also keeps every building's live state (store/live_state.py) and sends each change as an
+``event: building_state`` frame **without an id** (it never moves a client's cursor, and is not
+replayed: a client that connects reads the current states from ``GET /twin/states``). The states
+are read once at start (the baseline, not sent), again for the buildings of the alerts' sensors
+and of the alerts themselves as soon as their events are passed on, and for every building each
+``STATE_SWEEP_S`` (sensors going offline or coming back: changes no alert event announces; half
+the offline threshold when that is shorter). One task does all these reads, one after another, so
+a newer read is never overtaken by an older one. A change is a new state or new counts; the area
+filter applies to it, the severity filter does not. Frames without an id go into the same client
+queues as alert events, so a client cut off for falling behind reconnects and reads the states again.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
+from datetime import timezone
 
 from psycopg_pool import AsyncConnectionPool
 
 from cimtwin.errors import NotFound, Unavailable
 from cimtwin.settings import Settings
+from cimtwin.store import live_state
 from cimtwin.store import notifications as store
 
 log = logging.getLogger("cimtwin.api.alert_stream")
@@ -37,6 +51,10 @@ log = logging.getLogger("cimtwin.api.alert_stream")
 GAP_WAIT_S = 5.0
 _PAGE = 1000
 _SKIPPED_MAX = 10_000
+#: How often every building's live state is read again (to catch sensors going offline); more
+#: often when the offline threshold is shorter (half of it, at most once a second).
+STATE_SWEEP_S = 10.0
+_NO_COUNTS = {"ok": 0, "warning": 0, "alarm": 0, "offline": 0}
 
 
 @dataclass(eq=False)
@@ -50,6 +68,9 @@ class Subscription:
         if self.area_ids is not None and event.area_id not in self.area_ids:
             return False
         return self.severities is None or event.severity in self.severities
+
+    def wants_area(self, area_id: int | None) -> bool:
+        return self.area_ids is None or area_id in self.area_ids
 
 
 @dataclass
@@ -70,17 +91,25 @@ class AlertHub:
     _skipped: set[int] = field(default_factory=set)
     _task: asyncio.Task | None = None
     _ready: asyncio.Event = field(default_factory=asyncio.Event)
+    # buildings' live state: the last read (None before the first), and what alert events touched since
+    building_states: dict[int, live_state.BuildingState] | None = None
+    _touched_sensors: set[int] = field(default_factory=set)
+    _touched_buildings: set[int] = field(default_factory=set)
+    _touched: asyncio.Event = field(default_factory=asyncio.Event)
+    _states_task: asyncio.Task | None = None
 
     # --- lifecycle (the API's lifespan) ---
 
     async def start(self) -> None:
         self._task = asyncio.create_task(self._run(), name="alert-hub")
+        self._states_task = asyncio.create_task(self._track_states(), name="alert-hub-states")
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+        for task in (self._task, self._states_task):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
         for sub in list(self.subscribers):
             self._close(sub)
 
@@ -161,14 +190,96 @@ class AlertHub:
     def _emit(self, event: store.FeedEvent, *, advance: bool = True) -> None:
         if advance:
             self.horizon = event.id
+        if event.sensor_id is not None or event.building_id is not None:
+            if event.sensor_id is not None:
+                self._touched_sensors.add(event.sensor_id)
+            if event.building_id is not None:
+                self._touched_buildings.add(event.building_id)
+            self._touched.set()
         item = (event.id, event.doc)
         for sub in list(self.subscribers):
             if sub.wants(event):
-                try:
-                    sub.queue.put_nowait(item)
-                except asyncio.QueueFull:
-                    log.info("an alert stream client fell %d events behind; cutting it off", sub.queue.maxsize)
-                    self._close(sub)
+                self._put(sub, item)
+
+    def _put(self, sub: Subscription, item: tuple[int | None, str]) -> None:
+        try:
+            sub.queue.put_nowait(item)
+        except asyncio.QueueFull:
+            log.info("an alert stream client fell %d events behind; cutting it off", sub.queue.maxsize)
+            self._close(sub)
+
+    # --- buildings' live state ---
+
+    async def _track_states(self) -> None:
+        failures = 0
+        next_sweep = 0.0
+        offline_after_s = self.settings.sensor_offline_after_s
+        sweep_s = max(1.0, min(STATE_SWEEP_S, offline_after_s / 2))
+        while True:
+            sensors: set[int] = set()
+            buildings: set[int] = set()
+            try:
+                if self.building_states is None:  # the baseline
+                    self.building_states = (await live_state.building_states(
+                        self.pool, offline_after_s=offline_after_s)).states
+                    next_sweep = time.monotonic() + sweep_s
+                wait = next_sweep - time.monotonic()
+                if wait > 0 and not self._touched.is_set():
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(self._touched.wait(), wait)
+                self._touched.clear()
+                sensors, self._touched_sensors = self._touched_sensors, set()
+                buildings, self._touched_buildings = self._touched_buildings, set()
+                if time.monotonic() >= next_sweep:  # every building (covers the touched ones too)
+                    read = await live_state.building_states(self.pool, offline_after_s=offline_after_s)
+                    next_sweep = time.monotonic() + sweep_s
+                elif sensors or buildings:
+                    read = await live_state.building_states(
+                        self.pool, offline_after_s=offline_after_s, sensor_ids=sorted(sensors),
+                        building_ids=sorted(buildings))
+                else:
+                    continue
+                sensors, buildings = set(), set()
+                self._apply_states(read)
+                failures = 0
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # the database went away: read again later
+                if sensors or buildings:
+                    self._touched_sensors |= sensors
+                    self._touched_buildings |= buildings
+                    self._touched.set()
+                failures += 1
+                delay = min(10.0, 0.2 * 2 ** min(failures, 6))
+                log.warning("could not read the buildings' live state (%s); again in %.1f s", exc, delay)
+                await asyncio.sleep(delay)
+
+    def _apply_states(self, read: live_state.StatesRead) -> None:
+        """Sends a frame for every building in the read's scope whose state or counts changed."""
+        known = self.building_states
+        scope = known.keys() | read.states.keys() if read.scope is None else read.scope
+        at = read.as_of.astimezone(timezone.utc).isoformat()
+        for building_id in sorted(scope):
+            old, new = known.get(building_id), read.states.get(building_id)
+            if old == new:
+                continue
+            if new is None:
+                del known[building_id]  # it has no sensors any more
+            else:
+                known[building_id] = new
+            self._emit_state(old, new, at)
+
+    def _emit_state(self, old: live_state.BuildingState | None, new: live_state.BuildingState | None,
+                    at: str) -> None:
+        now = new or old
+        doc = json.dumps({"version": 1, "building_id": now.id, "area_id": now.area_id,
+                          "state": new.state if new else None, "previous": old.state if old else None,
+                          "counts": new.counts if new else _NO_COUNTS, "at": at}, separators=(",", ":"))
+        item = (None, f"event: building_state\ndata: {doc}\n\n")
+        areas = {b.area_id for b in (old, new) if b is not None}
+        for sub in list(self.subscribers):
+            if any(sub.wants_area(area_id) for area_id in areas):
+                self._put(sub, item)
 
     # --- clients ---
 
@@ -230,6 +341,9 @@ async def _frames(*, hub: AlertHub, pool: AsyncConnectionPool, settings: Setting
                 event_id, doc = await asyncio.wait_for(sub.queue.get(), settings.stream_keepalive_s)
             except TimeoutError:
                 yield ": keepalive\n\n"
+                continue
+            if event_id is None:  # a building_state frame, as the hub wrote it
+                yield doc
                 continue
             if event_id in replayed:  # sent late by the hub, already in the replay
                 continue

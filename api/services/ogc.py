@@ -141,6 +141,8 @@ async def collection(*, pool: AsyncConnectionPool, base_url: str, collection_id:
 def _json_schema_type(p: store.Prop) -> dict:
     if p.type == "date-time":
         return {"type": "string", "format": "date-time"}
+    if p.enum:
+        return {"type": p.type, "enum": list(p.enum)}
     return {"type": p.type}
 
 
@@ -365,6 +367,9 @@ def _filter_value(p: store.Prop, raw: str):
             return {"true": True, "false": False}[raw.lower()]
     except (ValueError, KeyError):
         raise BadRequest(f"property filter {p.name}={raw!r}: expected a {p.type}", code="invalid_filter") from None
+    if p.enum and raw not in p.enum:
+        raise BadRequest(f"property filter {p.name}={raw!r}: expected one of {', '.join(p.enum)}",
+                         code="invalid_filter")
     return raw
 
 
