@@ -11,11 +11,14 @@ Where things are: a component belongs to the building when its building, its flo
 is in it; it hangs under its room (if that room is in the building), else its floor, else the
 building. A sensor on a component hangs under that component; a sensor without a component under
 its room, else the building. Everything is fetched with set-based queries, never one per node:
-the tree is one statement that also rolls the states up; a floor plan is four small ones.
-Times are RFC 3339 with the session's offset (the API's connections run in UTC: "…+00:00").
+a tree is one statement for its structure (which the API caches) and one for its live part; a
+floor plan is four small ones. Times are RFC 3339 with the session's offset (the API's connections
+run in UTC: "…+00:00").
 """
 
 from __future__ import annotations
+
+from operator import itemgetter
 
 import psycopg
 from psycopg import sql
@@ -42,11 +45,21 @@ _TIME = "(to_json(l.time) #>> '{}')"
 
 # ----------------------------------------------------------------------------- the tree
 #
-# The tree is one JSON document written by PostgreSQL in one statement: every step is a set-based
-# join or GROUP BY over the building's rows. It is written by string concatenation, not with
-# json_build_object, which costs about three times as much per node (a 10,000-sensor building has
-# 14,000 nodes). Free text goes through to_json (escaping); device ids and channels are safe by
-# their CHECK constraints (letters, digits and ._:-) and are quoted as they are.
+# The tree is served in two parts (api/services/twin.py puts them together):
+#
+# * its structure: every node's fixed fields as JSON text, and where the node hangs. The API
+#   caches it per building and checks ``twin_structure_state.generation`` (moved by triggers on
+#   buildings, floors, rooms, components, sensors and device renames, migration 0013) on every
+#   request, in the same statement that reads the live part;
+# * its live part, never cached: each sensor's latest value and time and its state, in the
+#   structure's sensor order.
+#
+# The fixed fields are written by string concatenation, not with json_build_object, which costs
+# about three times as much per node (a 10,000-sensor building has 14,000 nodes). Free text goes
+# through to_json (escaping); device ids and channels are safe by their CHECK constraints
+# (letters, digits and ._:-) and are quoted as they are.
+
+NODE_BUILDING, NODE_FLOOR, NODE_ROOM, NODE_COMPONENT, NODE_SENSOR = range(5)
 
 
 def _str(expr: str) -> str:
@@ -64,61 +77,37 @@ def _int(expr: str) -> str:
     return f"coalesce(({expr})::text, 'null')"
 
 
-def _counts_json(a: str) -> str:
-    return (f"""'{{"ok":' || coalesce({a}.ok, 0) || ',"warning":' || coalesce({a}.warning, 0) || """
-            f"""',"alarm":' || coalesce({a}.alarm, 0) || ',"offline":' || coalesce({a}.offline, 0) || '}}'""")
-
-
-def _rolled_up(a: str) -> str:
-    """A node's state from its sensors' counts: worst of alarm > warning > ok; offline when all are; else null."""
-    return (f"""coalesce('"' || CASE WHEN {a}.alarm > 0 THEN 'alarm' WHEN {a}.warning > 0 THEN 'warning' """
-            f"""WHEN {a}.ok > 0 THEN 'ok' WHEN {a}.offline > 0 THEN 'offline' END || '"', 'null')""")
-
-
-def _list(expr: str) -> str:
-    return f"'[' || coalesce({expr}, '') || ']'"
-
-
-_COUNTS = """count(*) FILTER (WHERE state = 'ok') AS ok, count(*) FILTER (WHERE state = 'warning') AS warning,
-       count(*) FILTER (WHERE state = 'alarm') AS alarm, count(*) FILTER (WHERE state = 'offline') AS offline"""
-
-_SENSOR_JSON = ("""'{"id":' || s.id || ',"node":"sensor","device":"' || d.ext_id || '","channel":"' || s.channel """
-                f"""|| '","quantity":' || {_str("s.quantity")} || ',"unit":' || {_str("s.unit")} """
-                f"""|| ',"value":' || {_num("l.value")} || ',"time":' || coalesce(to_json(l.time)::text, 'null') """
-                """|| ',"state":"' || st.state || '"}'""")
-
-_COMPONENT_JSON = ("""'{"id":' || cp.id || ',"node":"component","ext_id":' || """ + _str("cp.ext_id")
-                   + """ || ',"component_kind":"' || cp.kind || '","name":' || """ + _str("cp.name")
-                   + """ || ',"state":' || """ + _rolled_up("cc") + """ || ',"counts":' || """ + _counts_json("cc")
-                   + """ || ',"sensors":' || """ + _list("cc.sensors") + " || '}'")
-
-_ROOM_JSON = ("""'{"id":' || rm.id || ',"node":"room","ext_id":' || """ + _str("rm.ext_id")
-              + """ || ',"name":' || """ + _str("rm.name") + """ || ',"use":' || """ + _str("rm.use")
-              + """ || ',"state":' || """ + _rolled_up("rc") + """ || ',"counts":' || """ + _counts_json("rc")
-              + """ || ',"components":' || """ + _list("cj_room.list")
-              + """ || ',"sensors":' || """ + _list("rc.sensors") + " || '}'")
-
-_FLOOR_JSON = ("""'{"id":' || fl.id || ',"node":"floor","level":' || fl.level || ',"name":' || """ + _str("fl.name")
-               + """ || ',"elevation":' || """ + _num("fl.elevation") + """ || ',"height":' || """
-               + _num("fl.height") + """ || ',"min_height":' || """ + _num("fl.elevation")
-               + """ || ',"top":' || """ + _num("fl.elevation + fl.height")
-               + """ || ',"state":' || """ + _rolled_up("fc") + """ || ',"counts":' || """ + _counts_json("fc")
-               + """ || ',"rooms":' || """ + _list("rj.list")
-               + """ || ',"components":' || """ + _list("cj_floor.list") + " || '}'")
-
-_BUILDING_JSON = ("""'{"id":' || b.id || ',"node":"building","ext_id":' || """ + _str("b.ext_id")
+# Each node's fields up to its "state" (exclusive): the text ends with a comma.
+_BUILDING_HEAD = ("""'{"id":' || b.id || ',"node":"building","ext_id":' || """ + _str("b.ext_id")
                   + """ || ',"name":' || """ + _str("b.name") + """ || ',"address":' || """ + _str("b.address")
                   + """ || ',"use":' || """ + _str("b.use") + """ || ',"area_id":' || """ + _int("b.area_id")
                   + """ || ',"floors_above":' || """ + _int("b.floors_above")
                   + """ || ',"floors_below":' || """ + _int("b.floors_below")
                   + """ || ',"height":' || """ + _num("coalesce(b.height, bz.top)")
-                  + """ || ',"min_height":' || """ + _num("CASE WHEN bz.lowest < 0 THEN bz.lowest ELSE b.min_height END")
-                  + """ || ',"state":' || """ + _rolled_up("bc") + """ || ',"counts":' || """ + _counts_json("bc")
-                  + """ || ',"floors":' || """ + _list("fj.list")
-                  + """ || ',"components":' || """ + _list("cj_building.list")
-                  + """ || ',"sensors":' || """ + _list("bc.sensors") + " || '}'")
+                  + """ || ',"min_height":' || """
+                  + _num("CASE WHEN bz.lowest < 0 THEN bz.lowest ELSE b.min_height END")
+                  + " || ','")
 
-_TREE = f"""
+_FLOOR_HEAD = ("""'{"id":' || fl.id || ',"node":"floor","level":' || fl.level || ',"name":' || """ + _str("fl.name")
+               + """ || ',"elevation":' || """ + _num("fl.elevation") + """ || ',"height":' || """
+               + _num("fl.height") + """ || ',"min_height":' || """ + _num("fl.elevation")
+               + """ || ',"top":' || """ + _num("fl.elevation + fl.height") + " || ','")
+
+_ROOM_HEAD = ("""'{"id":' || rm.id || ',"node":"room","ext_id":' || """ + _str("rm.ext_id")
+              + """ || ',"name":' || """ + _str("rm.name") + """ || ',"use":' || """ + _str("rm.use") + " || ','")
+
+_COMPONENT_HEAD = ("""'{"id":' || cp.id || ',"node":"component","ext_id":' || """ + _str("cp.ext_id")
+                   + """ || ',"component_kind":"' || cp.kind || '","name":' || """ + _str("cp.name") + " || ','")
+
+# A sensor's, up to its "value" (value, time and state are live).
+_SENSOR_HEAD = ("""'{"id":' || sp.id || ',"node":"sensor","device":"' || d.ext_id || '","channel":"' || sp.channel """
+                f"""|| '","quantity":' || {_str("sp.quantity")} || ',"unit":' || {_str("sp.unit")} || ',"value":'""")
+
+# Rows (kind, id, floor_id, room_id, component_id, head, generation, ord): where each node hangs
+# and its fixed fields; the generation on the building's row (same snapshot); ord orders floors
+# (their level) and the rest (their id). Unordered: sorting them here cost more than in Python.
+# No building row: no such building.
+_STRUCTURE = f"""
 WITH fl AS (SELECT f.id, f.level, f.name, f.elevation, f.height FROM floors f WHERE f.building_id = %(building_id)s),
 rm AS (SELECT r.id, r.floor_id, r.ext_id, r.name, r.use FROM rooms r JOIN fl ON fl.id = r.floor_id),
 cp AS (
@@ -140,54 +129,68 @@ sp AS (
     SELECT s.id, s.device_id, s.channel, s.quantity, s.unit, NULL, NULL, NULL FROM sensors s
      WHERE s.building_id = %(building_id)s AND s.component_id IS NULL
        AND NOT EXISTS (SELECT 1 FROM rm WHERE rm.id = s.room_id)),
--- every sensor's unfinished alerts (few, whatever the building): cheaper than joining them to sp first
+bz AS (SELECT min(elevation) AS lowest, max(elevation + height) AS top FROM fl)
+SELECT {NODE_BUILDING} AS kind, b.id, NULL::bigint AS floor_id, NULL::bigint AS room_id,
+       NULL::bigint AS component_id, {_BUILDING_HEAD} AS head,
+       (SELECT generation FROM twin_structure_state) AS generation, 0 AS ord
+  FROM buildings b, bz WHERE b.id = %(building_id)s
+UNION ALL
+SELECT {NODE_FLOOR}, fl.id, fl.id, NULL, NULL, {_FLOOR_HEAD}, NULL, fl.level FROM fl
+UNION ALL
+SELECT {NODE_ROOM}, rm.id, rm.floor_id, rm.id, NULL, {_ROOM_HEAD}, NULL, rm.id FROM rm
+UNION ALL
+SELECT {NODE_COMPONENT}, cp.id, cp.floor_id, cp.room_id, cp.id, {_COMPONENT_HEAD}, NULL, cp.id FROM cp
+UNION ALL
+SELECT {NODE_SENSOR}, sp.id, sp.floor_id, sp.room_id, sp.component_id, {_SENSOR_HEAD}, NULL, sp.id
+  FROM sp JOIN devices d ON d.id = sp.device_id"""
+
+
+async def tree_structure(pool: AsyncConnectionPool, *, building_id: int) -> tuple[int, list[tuple]]:
+    """(generation, rows) of one building's structure: rows (kind, id, floor_id, room_id, component_id,
+    head) as in ``_STRUCTURE``, the building first, then the floors by level, then rooms, components
+    and sensors, each by id. Raises NotFound."""
+    try:
+        async with pool.connection() as conn:
+            cur = await conn.execute(_STRUCTURE, {"building_id": building_id})
+            rows = await cur.fetchall()
+    except psycopg.errors.QueryCanceled:
+        raise QueryTimeout("the twin query took longer than the statement timeout") from None
+    rows.sort(key=itemgetter(0, 7))
+    if not rows or rows[0][0] != NODE_BUILDING:
+        raise NotFound(f"building {building_id} does not exist", code="not_found")
+    return rows[0][6], [r[:6] for r in rows]
+
+
+# The live part for the sensors of ``ids`` (an int8[] literal, in the structure's order): the
+# structure generation (same snapshot), and per sensor the second letter of its state (one of
+# STATE_LETTERS) and the JSON text `<value>,"time":<time>,"state":"<state>"`, all joined by '|'.
+STATE_LETTERS = {"k": "ok", "a": "warning", "l": "alarm", "f": "offline"}
+_LIVE = f"""
+WITH ids AS (SELECT u.id, u.n FROM unnest(%(ids)s::bigint[]) WITH ORDINALITY u(id, n)),
+-- every sensor's unfinished alerts (few, whatever the building): cheaper than joining them to ids first
 ar AS (SELECT a.sensor_id, max(CASE WHEN a.severity IN ('major', 'critical') THEN 2 ELSE 1 END) AS rank
          FROM alerts a
         WHERE a.status IN ('open', 'acknowledged', 'dispatched') AND a.sensor_id IS NOT NULL
         GROUP BY a.sensor_id),
-ss AS (
-    SELECT s.id, s.component_id, s.room_id, s.floor_id, st.state, {_SENSOR_JSON} AS j
-      FROM sp s
-      JOIN devices d ON d.id = s.device_id
-      LEFT JOIN latest l ON l.sensor_id = s.id
-      LEFT JOIN ar ON ar.sensor_id = s.id
-      CROSS JOIN LATERAL (SELECT {_STATE} AS state) st),
-cc AS (SELECT component_id AS id, {_COUNTS}, string_agg(j, ',' ORDER BY id) AS sensors
-         FROM ss WHERE component_id IS NOT NULL GROUP BY component_id),
-rc AS (SELECT room_id AS id, {_COUNTS}, string_agg(j, ',' ORDER BY id) FILTER (WHERE component_id IS NULL) AS sensors
-         FROM ss WHERE room_id IS NOT NULL GROUP BY room_id),
-fc AS (SELECT floor_id AS id, {_COUNTS} FROM ss WHERE floor_id IS NOT NULL GROUP BY floor_id),
-bc AS (SELECT {_COUNTS},
-              string_agg(j, ',' ORDER BY id) FILTER (WHERE component_id IS NULL AND room_id IS NULL) AS sensors
-         FROM ss),
-cj AS (SELECT cp.id, cp.room_id, cp.floor_id, {_COMPONENT_JSON} AS j FROM cp LEFT JOIN cc ON cc.id = cp.id),
-cj_room AS (SELECT room_id, string_agg(j, ',' ORDER BY id) AS list FROM cj WHERE room_id IS NOT NULL GROUP BY room_id),
-cj_floor AS (SELECT floor_id, string_agg(j, ',' ORDER BY id) AS list FROM cj
-              WHERE room_id IS NULL AND floor_id IS NOT NULL GROUP BY floor_id),
-cj_building AS (SELECT string_agg(j, ',' ORDER BY id) AS list FROM cj WHERE room_id IS NULL AND floor_id IS NULL),
-rj AS (SELECT rm.floor_id, string_agg({_ROOM_JSON}, ',' ORDER BY rm.id) AS list
-         FROM rm LEFT JOIN rc ON rc.id = rm.id LEFT JOIN cj_room ON cj_room.room_id = rm.id
-        GROUP BY rm.floor_id),
-fj AS (SELECT string_agg({_FLOOR_JSON}, ',' ORDER BY fl.level) AS list
-         FROM fl LEFT JOIN fc ON fc.id = fl.id LEFT JOIN rj ON rj.floor_id = fl.id
-         LEFT JOIN cj_floor ON cj_floor.floor_id = fl.id),
-bz AS (SELECT min(elevation) AS lowest, max(elevation + height) AS top FROM fl)
-SELECT {_BUILDING_JSON} AS tree
-  FROM buildings b, bz, bc, fj, cj_building
- WHERE b.id = %(building_id)s"""
+ss AS (SELECT ids.n, l.value, l.time, {_STATE} AS state
+         FROM ids LEFT JOIN latest l ON l.sensor_id = ids.id LEFT JOIN ar ON ar.sensor_id = ids.id)
+SELECT (SELECT generation FROM twin_structure_state),
+       string_agg(substr(state, 2, 1) || '|' || {_num("value")} || ',"time":' || coalesce(to_json(time)::text, 'null')
+                  || ',"state":"' || state || '"', '|' ORDER BY n)
+  FROM ss"""
 
 
-async def building_tree(pool: AsyncConnectionPool, *, building_id: int, offline_after_s: float) -> str:
-    """One building's tree as JSON text. Raises NotFound for an unknown building."""
+async def tree_live(pool: AsyncConnectionPool, *, ids: str, offline_after_s: float) -> tuple[int, str]:
+    """(generation, live part) for the sensors of ``ids`` (see ``_LIVE``)."""
     try:
         async with pool.connection() as conn:
-            cur = await conn.execute(_TREE, {"building_id": building_id, "offline_after_s": offline_after_s})
-            row = await cur.fetchone()
+            # never prepared: a generic plan cannot see how many ids there are, and probes latest
+            # once per id where a hash join would be cheaper
+            cur = await conn.execute(_LIVE, {"ids": ids, "offline_after_s": offline_after_s}, prepare=False)
+            generation, live = await cur.fetchone()
     except psycopg.errors.QueryCanceled:
         raise QueryTimeout("the twin query took longer than the statement timeout") from None
-    if row is None:
-        raise NotFound(f"building {building_id} does not exist", code="not_found")
-    return row[0]
+    return generation, live or ""
 
 
 # ----------------------------------------------------------------------------- a floor plan

@@ -4,12 +4,16 @@
 from __future__ import annotations
 
 import json
+from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
 
 import httpx
+import psycopg
 import pytest
 from pyproj import Transformer
 from shapely.geometry import box, mapping, shape
+
+from .helpers import ApiServer
 
 BUILDING = box(121.5000, 31.2000, 121.5010, 31.2010)
 ROOM_A = box(121.5001, 31.2001, 121.5004, 31.2004)   # ground floor
@@ -130,6 +134,213 @@ def test_building_tree_shape_and_rollups(db, register, api):
     assert _by_id(fl[0]["rooms"])[rooms["A"]]["state"] == "ok"
     assert fl[0]["state"] == "warning" and t["state"] == "warning"
     assert t["counts"] == {"ok": 4, "warning": 1, "alarm": 0, "offline": 2}
+
+
+def _tree(server, building: int) -> dict:
+    r = server.get(f"/twin/buildings/{building}")
+    assert r.status_code == 200, r.text
+    return r.json()
+
+
+def _places(tree: dict) -> dict[tuple[str, int], tuple[str, int]]:
+    """(node, id) → (parent node, parent id) for every node beneath the building."""
+    places = {}
+
+    def walk(node):
+        for key in ("floors", "rooms", "components", "sensors"):
+            for child in node.get(key, []):
+                places[(child["node"], child["id"])] = (node["node"], node["id"])
+                walk(child)
+    walk(tree)
+    return places
+
+
+def _find(tree: dict, node: str, id_: int) -> dict:
+    found = []
+
+    def walk(n):
+        if n["node"] == node and n["id"] == id_:
+            found.append(n)
+        for key in ("floors", "rooms", "components", "sensors"):
+            for child in n.get(key, []):
+                walk(child)
+    walk(tree)
+    assert len(found) == 1, (node, id_, len(found))
+    return found[0]
+
+
+def test_tree_follows_structure_changes(db, register, api):
+    """The API caches a building's structure: every change to it shows in the next tree."""
+    w = seed(db, register)
+    b, s, rooms, comps, floors = w["building"], w["sensors"], w["rooms"], w["components"], w["floors"]
+    before = _tree(api, b)
+    assert _places(before)[("sensor", s["ok_c"])] == ("room", rooms["C"])
+    # a change to another building moves the generation too; this tree stays as it was
+    db.execute("INSERT INTO buildings (name, geom) VALUES ('Elsewhere', ST_GeomFromGeoJSON(%s))",
+               (_mp(box(121.6, 31.3, 121.601, 31.301)),))
+    assert _tree(api, b) == before
+
+    # a new room with a new sensor (never reported) on the first floor
+    new = register("acme", {"dev2": ["new"]})[("dev2", "new")]
+    room_d = db.execute("INSERT INTO rooms (floor_id, ext_id, name) VALUES (%s, 'r-D', 'Room D') RETURNING id",
+                        (floors[1],)).fetchone()[0]
+    db.execute("UPDATE sensors SET room_id = %s WHERE id = %s", (room_d, new))
+    t = _tree(api, b)
+    assert _places(t)[("room", room_d)] == ("floor", floors[1])
+    d = _find(t, "room", room_d)
+    assert d["name"] == "Room D" and [x["id"] for x in d["sensors"]] == [new] and d["state"] == "offline"
+    assert _find(t, "floor", floors[1])["counts"] == {"ok": 1, "warning": 0, "alarm": 0, "offline": 1}
+    assert t["counts"] == {"ok": 3, "warning": 1, "alarm": 1, "offline": 3}
+
+    # a sensor moves from room C (first floor) to room A (ground floor)
+    db.execute("UPDATE sensors SET room_id = %s WHERE id = %s", (rooms["A"], s["ok_c"]))
+    t = _tree(api, b)
+    assert _places(t)[("sensor", s["ok_c"])] == ("room", rooms["A"])
+    assert _find(t, "room", rooms["C"])["state"] is None and _find(t, "room", rooms["C"])["sensors"] == []
+    assert _find(t, "room", rooms["A"])["counts"] == {"ok": 2, "warning": 0, "alarm": 1, "offline": 0}
+    assert _find(t, "floor", floors[1])["counts"] == {"ok": 0, "warning": 0, "alarm": 0, "offline": 1}
+
+    # component A goes; its sensor (placed only on it) leaves the tree, and with it the alarm
+    db.execute("DELETE FROM components WHERE id = %s", (comps["a"],))
+    t = _tree(api, b)
+    assert ("component", comps["a"]) not in _places(t) and ("sensor", s["alarm"]) not in _places(t)
+    assert _find(t, "room", rooms["A"])["components"] == [] and _find(t, "room", rooms["A"])["state"] == "ok"
+    assert t["state"] == "warning" and t["counts"] == {"ok": 3, "warning": 1, "alarm": 0, "offline": 3}
+
+    # renamed device and building
+    db.execute("UPDATE devices SET ext_id = 'dev1b' WHERE ext_id = 'dev1'")
+    db.execute("UPDATE buildings SET name = 'Tower B' WHERE id = %s", (b,))
+    t = _tree(api, b)
+    assert t["name"] == "Tower B" and _find(t, "sensor", s["ok_a"])["device"] == "dev1b"
+
+    # the first floor goes, with its room D; the sensor in it has no place left
+    db.execute("DELETE FROM floors WHERE id = %s", (floors[1],))
+    t = _tree(api, b)
+    assert [f["level"] for f in t["floors"]] == [-1, 0]
+    assert ("room", room_d) not in _places(t) and ("sensor", new) not in _places(t)
+    assert t["height"] == 30 and t["counts"] == {"ok": 3, "warning": 1, "alarm": 0, "offline": 2}
+
+    # the building goes
+    db.execute("DELETE FROM buildings WHERE id = %s", (b,))
+    assert api.get(f"/twin/buildings/{b}").status_code == 404
+
+
+def test_tree_live_part_is_never_cached(db, register, api):
+    """Readings and alerts show in the next tree, whatever the cache holds."""
+    w = seed(db, register)
+    b, s, rooms, floors = w["building"], w["sensors"], w["rooms"], w["floors"]
+    _tree(api, b)
+    # the sensor that never reported reports; the stale one reports again
+    db.execute("INSERT INTO latest (sensor_id, time, value, received_at) VALUES (%s, now(), 5.5, now())",
+               (s["never"],))
+    db.execute("UPDATE latest SET time = now(), value = 7.25 WHERE sensor_id = %s", (s["stale"],))
+    t = _tree(api, b)
+    room_b = _find(t, "room", rooms["B"])
+    assert {x["id"]: (x["value"], x["state"]) for x in room_b["sensors"]} == {s["never"]: (5.5, "ok"),
+                                                                             s["stale"]: (7.25, "ok")}
+    assert all(x["time"] is not None for x in room_b["sensors"])
+    assert room_b["state"] == "ok" and t["counts"] == {"ok": 5, "warning": 1, "alarm": 1, "offline": 0}
+
+    # a new critical alert on the first floor's sensor, then it is closed
+    alert = db.execute("""INSERT INTO alerts (source, kind, severity, status, title, sensor_id, raised_at, last_at,
+                                              ack_due_at, close_due_at)
+                          VALUES ('manual', 'test', 'critical', 'open', 'test', %s, now(), now(), now(), now())
+                          RETURNING id""", (s["ok_c"],)).fetchone()[0]
+    t = _tree(api, b)
+    assert _find(t, "sensor", s["ok_c"])["state"] == "alarm" and _find(t, "floor", floors[1])["state"] == "alarm"
+    assert t["counts"] == {"ok": 4, "warning": 1, "alarm": 2, "offline": 0}
+    db.execute("UPDATE alerts SET status = 'closed' WHERE id = %s", (alert,))
+    t = _tree(api, b)
+    assert _find(t, "floor", floors[1])["state"] == "ok" and t["counts"]["alarm"] == 1
+
+    # a reading goes stale: the sensor is offline (the request's now(), not the cached one's)
+    db.execute("UPDATE latest SET time = now() - interval '2 hours' WHERE sensor_id = %s", (s["bld"],))
+    t = _tree(api, b)
+    assert [x["state"] for x in t["sensors"]] == ["offline"] and t["counts"]["offline"] == 1
+
+
+def test_structure_generation_moves_with_the_structure_only(db, register):
+    w = seed(db, register)
+    b, s = w["building"], w["sensors"]
+
+    def generation() -> int:
+        return db.execute("SELECT generation FROM twin_structure_state").fetchone()[0]
+
+    for statement in ("UPDATE latest SET value = value + 1",
+                      "UPDATE alerts SET status = 'resolved'",
+                      "UPDATE devices SET name = 'renamed', geom = ST_SetSRID(ST_MakePoint(121.5, 31.2), 4326)"):
+        before = generation()
+        assert db.execute(statement).rowcount > 0
+        assert generation() == before, statement
+    for statement, params in (
+            ("UPDATE buildings SET name = 'X' WHERE id = %s", (b,)),
+            ("UPDATE floors SET name = 'X' WHERE id = %s", (w["floors"][0],)),
+            ("UPDATE rooms SET use = 'office' WHERE id = %s", (w["rooms"]["A"],)),
+            ("UPDATE components SET name = 'X' WHERE id = %s", (w["components"]["a"],)),
+            ("UPDATE sensors SET unit = 'Cel' WHERE id = %s", (s["ok_a"],)),
+            ("UPDATE devices SET ext_id = 'dev9' WHERE ext_id = 'dev1'", ()),
+            ("DELETE FROM devices WHERE ext_id = 'dev9'", ()),  # its sensors go with it
+            ("DELETE FROM rooms WHERE id = %s", (w["rooms"]["B"],))):
+        before = generation()
+        assert db.execute(statement, params).rowcount > 0
+        assert generation() > before, statement
+
+
+def test_structure_writers_do_not_deadlock_on_the_generation(db, register, database_url):
+    """The generation moves at commit: a writer holding it never waits on another lock. (Moved at
+    once, this interleaving deadlocks with the sensors → alert_rules_state trigger.)"""
+    w = seed(db, register)
+    s = w["sensors"]
+    before = db.execute("SELECT generation FROM twin_structure_state").fetchone()[0]
+    options = "-c lock_timeout=10000"
+    with psycopg.connect(database_url, options=options) as first, \
+            psycopg.connect(database_url, options=options) as second, ThreadPoolExecutor(2) as threads:
+        first.execute("UPDATE rooms SET name = 'x' WHERE id = %s", (w["rooms"]["A"],))
+        threads.submit(second.execute, "UPDATE sensors SET unit = 'u' WHERE id = %s", (s["ok_a"],)).result()
+        # waits for the second transaction's lock on alert_rules_state
+        waiting = threads.submit(first.execute, "UPDATE sensors SET unit = 'v' WHERE id = %s", (s["ok_c"],))
+        second.commit()
+        waiting.result()
+        first.commit()
+    assert db.execute("SELECT generation FROM twin_structure_state").fetchone()[0] == before + 2
+
+
+def test_concurrent_trees_after_a_change_all_show_it(db, register, api):
+    w = seed(db, register)
+    b = w["building"]
+    _tree(api, b)
+    db.execute("UPDATE rooms SET name = 'Room A2' WHERE id = %s", (w["rooms"]["A"],))
+
+    def get(_):
+        with httpx.Client(base_url=api.url, headers=api.headers, timeout=30) as client:
+            return client.get(f"/twin/buildings/{b}")
+    with ThreadPoolExecutor(8) as threads:
+        responses = list(threads.map(get, range(16)))
+    assert all(r.status_code == 200 for r in responses)
+    assert {r.text for r in responses} == {responses[0].text}  # nothing live changed meanwhile
+    assert _find(responses[0].json(), "room", w["rooms"]["A"])["name"] == "Room A2"
+
+
+def test_tree_statement_timeout(db, register, settings):
+    """A tree query cut off by the statement timeout is a query_timeout, cached structure or not."""
+    w = seed(db, register)
+    slow = ApiServer(settings.model_copy(update={"api_statement_timeout_ms": 300}))
+    slow.start()
+    try:
+        path = f"/twin/buildings/{w['building']}"
+        assert slow.get(path).status_code == 200  # the structure is cached now
+        for table, change in (("latest", None),  # the live part waits
+                              ("rooms", "UPDATE buildings SET name = 'Y'")):  # the structure is read anew and waits
+            if change:
+                db.execute(change)
+            with psycopg.connect(settings.database_url) as locker:
+                locker.execute(f"LOCK TABLE {table} IN ACCESS EXCLUSIVE MODE")
+                r = slow.get(path)
+                locker.rollback()
+            assert (r.status_code, r.json()["error"]) == (400, "query_timeout"), r.text
+        assert slow.get(path).json()["name"] == "Y"
+    finally:
+        slow.stop()
 
 
 def test_ogc_floors_carry_3d_attributes(db, register, api):

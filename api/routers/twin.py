@@ -13,6 +13,14 @@ from fastapi import APIRouter, Depends, Path, Query, Request, Response
 router = APIRouter(tags=["twin"], dependencies=[Depends(require(*READERS))])
 
 
+def get_tree_cache(request: Request) -> service.TreeCache:
+    """This app's cache of building structures (made on first use)."""
+    cache = getattr(request.app.state, "twin_tree_cache", None)
+    if cache is None:
+        cache = request.app.state.twin_tree_cache = service.TreeCache()
+    return cache
+
+
 @router.get("/twin/buildings/{building_id}", response_class=Response,
             summary="A building's tree (floors → rooms → components → sensors) with live state rolled up",
             description="Each sensor's `state`: `alarm` (an unfinished major/critical alert), `warning` "
@@ -24,8 +32,9 @@ router = APIRouter(tags=["twin"], dependencies=[Depends(require(*READERS))])
                         "the building. 3D: building `height`/`min_height`; floor `elevation`, "
                         "`min_height`, `height` (storey) and `top`.",
             responses={200: {"content": {"application/json": {}}, "description": "the tree"}})
-async def building_tree(request: Request, building_id: Annotated[int, Path(ge=1)], pool=Depends(get_pool)):
-    text = await service.building_tree(pool=pool, building_id=building_id,
+async def building_tree(request: Request, building_id: Annotated[int, Path(ge=1)], pool=Depends(get_pool),
+                        cache=Depends(get_tree_cache)):
+    text = await service.building_tree(pool=pool, cache=cache, building_id=building_id,
                                        offline_after_s=request.app.state.settings.sensor_offline_after_s)
     return Response(content=text, media_type="application/json")
 
