@@ -494,7 +494,9 @@ class IngestWorker:
             "messages_acked": self.messages_acked,
             "dead_letters": self.dead_letters,
             "alerts": {"evaluated": self._alerts.evaluated, "raised": self._alerts.raised,
-                       "late_readings": self._alerts.late, "engine_failures": self._writer.hook_failures,
+                       "late_readings": self._alerts.late,
+                       "too_late_readings": self._alerts.too_late, "replays": self._alerts.replays,
+                       "withdrawn": self._alerts.withdrawn, "engine_failures": self._writer.hook_failures,
                        "last_engine_error": self._writer.last_hook_error},
             "updated_at": _iso(time.time()),
         }

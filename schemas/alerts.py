@@ -243,7 +243,7 @@ class AlertEvent(BaseModel):
     at: datetime
     actor: str = Field(description="engine, escalation, key:<id>:<name>, admin-setting, …")
     action: Literal["raised", "repeated", "acknowledged", "dispatched", "escalated", "cleared", "resolved", "closed",
-                    "reopened", "note"]
+                    "reopened", "note", "withdrawn"]
     from_status: Status | None
     to_status: Status | None
     note: str | None
@@ -293,6 +293,8 @@ class Alert(BaseModel):
     closed_at: datetime | None
     ack_due_at: datetime
     close_due_at: datetime
+    withdrawn_at: datetime | None = Field(
+        None, description="set when a late reading showed the engine should never have raised it (then closed)")
 
 
 class AlertWithTrail(Alert):

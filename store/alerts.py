@@ -201,7 +201,7 @@ ALERT_COLUMNS = """a.id, a.rule_id, a.rule_version, r.name AS rule_name, a.sourc
     a.party_id, p.code AS party_code, p.name AS party_name, coalesce(a.dispatch_level, 'none') AS dispatch_level,
     a.escalation_level, a.escalation_ended_at, a.first_value, a.last_value, a.count, a.raised_at, a.last_at,
     a.cleared_at, a.created_at, a.acknowledged_at, a.dispatched_at, a.resolved_at, a.closed_at,
-    a.ack_due_at, a.close_due_at"""
+    a.ack_due_at, a.close_due_at, a.withdrawn_at"""
 _ALERT_FROM = """alerts a
     LEFT JOIN alert_rules r ON r.id = a.rule_id
     LEFT JOIN areas ar ON ar.id = a.area_id

@@ -44,7 +44,7 @@ _SUBTREE = """(WITH RECURSIVE sub(id) AS (
 # The period's alerts in scope. Every query below starts WITH this (as `scoped`).
 _SCOPED = f"""scoped AS (
     SELECT a.* FROM alerts a
-    WHERE a.raised_at >= %(start)s AND a.raised_at < %(end)s
+    WHERE a.raised_at >= %(start)s AND a.raised_at < %(end)s AND a.withdrawn_at IS NULL
       AND (%(area_id)s::bigint IS NULL OR a.area_id IN {_SUBTREE}))"""
 
 _AREA = "SELECT id, code, name, level FROM areas WHERE {by} = %(key)s"

@@ -36,7 +36,7 @@ router = APIRouter(tags=["alerts"], lifespan=lifespan)
 
 _DESCRIPTION = """\
 A `text/event-stream` of every change of every alert (raised, repeated, acknowledged, dispatched,
-escalated, cleared, resolved, closed, reopened, note), in event-id order:
+escalated, cleared, resolved, closed, reopened, note, withdrawn), in event-id order:
 
 ```
 id: 1234
