@@ -13,6 +13,9 @@ What is measured, all in one run on the same broker, database and machine
   real API); then a clearing reading and its ``resolved`` event. Latency = event received −
   publish call, so it covers the broker, ingest's batch, the COMMIT that stores the reading
   and the alert together, NOTIFY, and the API's stream.
+* ``sse_publish_to_txn_*`` / ``sse_txn_to_sse_*``: the same latency split at the start of the
+  transaction that wrote the reading (the alert event's ``at``, ``now()`` in that transaction):
+  broker + ingest batching and preparing, then the transaction, COMMIT, NOTIFY and the stream.
 * ``relay_p99_ms`` (the floor): at the same background load, a bare Python subscriber
   (paho, in its own process) republishes each probe message; latency = publish → the probe
   receives the copy. Same broker, same QoS 1.
@@ -108,6 +111,7 @@ class Run:
         self.procs: list[subprocess.Popen] = []
         self.key = f"bench-{uuid.uuid4().hex}"
         self.notes: list[str] = []
+        self.split: dict[str, list[float]] = {"publish_to_txn": [], "txn_to_sse": []}
 
     def child(self, role: str, **kw) -> subprocess.Popen:
         cmd = [sys.executable, str(Path(__file__).resolve()), "--child", role]
@@ -154,6 +158,7 @@ class Run:
     def sse_latencies(self) -> list[float]:
         import httpx
         events: dict[str, list[float]] = {"raised": [], "resolved": []}
+        txn_starts: dict[str, list[float]] = {"raised": [], "resolved": []}  # the event's `at`: its transaction's start
         arrived = threading.Condition()
         stop = threading.Event()
         url = f"http://127.0.0.1:{self.args.api_port}/alerts/stream"
@@ -164,9 +169,12 @@ class Run:
                     if stop.is_set():
                         return
                     if line.startswith("data:"):
-                        action = json.loads(line[5:])["event"]["action"]
+                        event = json.loads(line[5:])["event"]
+                        got = time.monotonic()
                         with arrived:
-                            events.setdefault(action, []).append(time.monotonic())
+                            events.setdefault(event["action"], []).append(got)
+                            txn_starts.setdefault(event["action"], []).append(
+                                datetime.fromisoformat(event["at"].replace("Z", "+00:00")).timestamp())
                             arrived.notify_all()
 
         listener = threading.Thread(target=listen, daemon=True)
@@ -182,7 +190,7 @@ class Run:
             t += timedelta(milliseconds=10)
             with arrived:
                 seen = len(events[action])
-            sent = time.monotonic()
+            sent, sent_wall = time.monotonic(), time.time()
             client.publish(f"cim/v1/{VENDOR}/probe/up", json.dumps(
                 {"readings": [{"channel": "v", "value": value, "time": t.isoformat()}]}), qos=1)
             with arrived:
@@ -192,6 +200,9 @@ class Run:
                 continue
             if action == "raised":
                 latencies.append((events[action][seen] - sent) * 1000)
+                # publish → the writing transaction's start (broker, batching, prepare, queue), and the rest
+                self.split["publish_to_txn"].append((txn_starts[action][seen] - sent_wall) * 1000)
+                self.split["txn_to_sse"].append(latencies[-1] - self.split["publish_to_txn"][-1])
             time.sleep(0.05)
         stop.set()
         client.loop_stop()
@@ -325,6 +336,9 @@ def main() -> None:
         "rules_rate_ratio": round(r1000 / r0, 3) if r0 and r1000 else None,
         "notes": run.notes,
     }
+    for part, values in run.split.items():
+        out[f"sse_{part}_p50_ms"], out[f"sse_{part}_p99_ms"] = pct(values, 0.50), pct(values, 0.99)
+    out["sse_latency_p90_ms"] = pct(sse, 0.90)
     if sse and relay:
         out["sse_p99_vs_relay_p99"] = round(out["sse_latency_p99_ms"] / out["relay_p99_ms"], 2)
     print(f"\nalert latency under {args.load:.0f} readings/s: SSE p50 {out['sse_latency_p50_ms']} ms, "
