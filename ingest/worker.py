@@ -29,6 +29,7 @@ import json
 import logging
 import queue
 import struct
+import sys
 import threading
 import time
 from collections.abc import Sequence
@@ -513,6 +514,10 @@ class IngestWorker:
 
     def run(self) -> None:
         s = self.settings
+        # Three busy threads share the GIL (paho's loop, prepare, commit). A 0.5 ms switch interval
+        # (Python's default is 5 ms) cut bench/alerts.py's SSE p99 from 114-120 to 41-90 ms at no
+        # measured cost in throughput.
+        sys.setswitchinterval(0.0005)
         endpoint = s.mqtt
         # Profiles and alert rules are loaded before the first message is taken.
         self._profiles.maybe_refresh()
