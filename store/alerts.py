@@ -29,6 +29,7 @@ from psycopg_pool import AsyncConnectionPool
 from cimtwin.errors import Conflict, NotFound, QueryTimeout
 
 from . import audit
+from .blocks import geometry_sql
 
 ESCALATION_ACTOR = "escalation"
 _UNFINISHED = ("open", "acknowledged", "dispatched")
@@ -184,15 +185,6 @@ async def rule_versions(pool: AsyncConnectionPool, rule_id: int) -> list[dict]:
 
 # ----------------------------------------------------------------------------- alerts: reading
 
-def _geometry_sql(srid: int | None, digits: int) -> sql.Composable:
-    """The point as GeoJSON text in ``srid`` (PostGIS reprojects), or WKB when srid is None."""
-    if srid is None:
-        return sql.SQL("ST_AsBinary(a.geom)")
-    if srid == 4326:
-        return sql.SQL("ST_AsGeoJSON(a.geom, {}, 0)").format(sql.Literal(digits))
-    return sql.SQL("ST_AsGeoJSON(ST_Transform(a.geom, {}), {}, 0)").format(sql.Literal(srid), sql.Literal(digits))
-
-
 #: The output columns of an alert, over ``alerts a`` joined by _ALERT_FROM; {geometry} per output CRS.
 ALERT_COLUMNS = """a.id, a.rule_id, a.rule_version, r.name AS rule_name, a.source, a.kind, a.severity, a.status,
     a.title, a.description, a.media, a.external_ref, a.sensor_id, {geometry} AS geometry,
@@ -260,7 +252,7 @@ async def list_alerts(pool: AsyncConnectionPool, f: AlertFilter, *, limit: int, 
     count = sql.SQL("SELECT count(*) FROM alerts a {}").format(where)
     page = sql.SQL("SELECT " + ALERT_COLUMNS + " FROM " + _ALERT_FROM +
                    " {where} ORDER BY a.raised_at DESC, a.id DESC LIMIT %(limit)s OFFSET %(offset)s").format(
-        geometry=_geometry_sql(srid, digits), where=where)
+        geometry=geometry_sql(srid, digits, "a.geom"), where=where)
     with _translated():
         async with pool.connection() as conn:
             total = (await (await conn.execute(count, params)).fetchone())[0]
@@ -277,7 +269,7 @@ async def get_alert(pool: AsyncConnectionPool, alert_id: int, *, srid: int | Non
                     events: bool = False) -> dict:
     """One alert; with ``events``, its trail (oldest first) under ``events``."""
     query = sql.SQL("SELECT " + ALERT_COLUMNS + " FROM " + _ALERT_FROM + " WHERE a.id = %s").format(
-        geometry=_geometry_sql(srid, digits))
+        geometry=geometry_sql(srid, digits, "a.geom"))
     async with pool.connection() as conn:
         cur = conn.cursor(row_factory=dict_row)
         row = await (await cur.execute(query, (alert_id,))).fetchone()

@@ -201,7 +201,8 @@ _DWITHIN_BANDED = f"""{_DWITHIN_CANDIDATES} AND CASE
     ELSE {_DWITHIN} END"""
 
 
-def _geometry_sql(srid: int | None, digits: int, expr: str = "t.geom") -> sql.Composable:
+def geometry_sql(srid: int | None, digits: int, expr: str = "t.geom") -> sql.Composable:
+    """``expr`` as GeoJSON geometry text in ``srid`` (PostGIS reprojects), or WKB when srid is None."""
     if srid is None:
         return sql.SQL("ST_AsBinary({})").format(sql.SQL(expr))
     # options 0: no "crs" member inside each geometry (the collection says it once).
@@ -254,7 +255,7 @@ def _select_list(layer: Layer, q: FeatureQuery) -> sql.Composable:
     """Every column by name, for the callers that want rows (``get_feature``, ``export_rows``)."""
     cols = [sql.SQL("{} AS id").format(sql.SQL(layer.id_expr))]
     cols += [sql.SQL("{} AS {}").format(sql.SQL(expr), sql.Identifier(name)) for name, expr in layer.columns]
-    cols.append(sql.SQL("{} AS geometry").format(_geometry_sql(q.srid, q.digits)))
+    cols.append(sql.SQL("{} AS geometry").format(geometry_sql(q.srid, q.digits)))
     return sql.SQL(", ").join(cols)
 
 
@@ -264,7 +265,7 @@ def _feature_select(layer: Layer, q: FeatureQuery) -> sql.Composable:
     if q.point is not None:
         pairs.append(sql.SQL("'distance_m', round(({})::numeric, 3)").format(sql.SQL(_DISTANCE)))
     return sql.SQL("{id} AS id, {geom} AS geometry, json_build_object({props})::text AS properties").format(
-        id=sql.SQL(layer.id_expr), geom=_geometry_sql(q.srid, q.digits), props=sql.SQL(", ").join(pairs))
+        id=sql.SQL(layer.id_expr), geom=geometry_sql(q.srid, q.digits), props=sql.SQL(", ").join(pairs))
 
 
 # Nearest N (see geo/dwithin.py, "Nearest N"). Each row's scaled planar distance ``s`` and
@@ -465,7 +466,7 @@ async def srid_known(pool: AsyncConnectionPool, srid: int) -> bool:
 async def containment(pool: AsyncConnectionPool, *, point: bytes, srid: int | None, digits: int) -> dict:
     """The most specific area holding the point and its parents up to the top, plus the
     smallest building footprint holding it."""
-    geom = _geometry_sql(srid, digits, "a.geom")
+    geom = geometry_sql(srid, digits, "a.geom")
     query = sql.SQL("""
         WITH RECURSIVE start AS (
             SELECT a.id FROM areas a

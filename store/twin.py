@@ -28,6 +28,7 @@ from psycopg_pool import AsyncConnectionPool
 from cimtwin.errors import NotFound, QueryTimeout
 
 from . import sensor_state
+from .blocks import geometry_sql
 
 # Unfinished alerts per sensor of ``ids``, reduced to a rank: 2 = alarm (major/critical), 1 = warning.
 _ALERT_RANK = """SELECT a.sensor_id, max(CASE WHEN a.severity IN ('major', 'critical') THEN 2 ELSE 1 END) AS rank
@@ -195,15 +196,6 @@ async def tree_live(pool: AsyncConnectionPool, *, ids: str, offline_after_s: flo
 
 # ----------------------------------------------------------------------------- a floor plan
 
-def _geometry_sql(expr: str, srid: int | None, digits: int) -> sql.Composable:
-    if srid is None:
-        return sql.SQL("ST_AsBinary({})").format(sql.SQL(expr))
-    if srid == 4326:
-        return sql.SQL("ST_AsGeoJSON({}, {}, 0)").format(sql.SQL(expr), sql.Literal(digits))
-    return sql.SQL("ST_AsGeoJSON(ST_Transform({}, {}), {}, 0)").format(sql.SQL(expr), sql.Literal(srid),
-                                                                     sql.Literal(digits))
-
-
 _FLOOR = """
 SELECT f.id, f.building_id, f.level, f.name, f.elevation, f.height
   FROM floors f WHERE f.building_id = %(building_id)s AND f.level = %(level)s"""
@@ -255,14 +247,14 @@ async def floor_plan(pool: AsyncConnectionPool, *, building_id: int, level: int,
                     raise NotFound(f"building {building_id} does not exist", code="not_found")
                 raise NotFound(f"building {building_id} has no floor at level {level}", code="not_found")
             fp = {"floor_id": floor["id"]}
-            await cur.execute(sql.SQL(_FLOOR_ROOMS).format(geom=_geometry_sql("r.geom", srid, digits)), fp)
+            await cur.execute(sql.SQL(_FLOOR_ROOMS).format(geom=geometry_sql(srid, digits, "r.geom")), fp)
             rooms = await cur.fetchall()
-            await cur.execute(sql.SQL(_FLOOR_COMPONENTS).format(geom=_geometry_sql("c.geom", srid, digits)), fp)
+            await cur.execute(sql.SQL(_FLOOR_COMPONENTS).format(geom=geometry_sql(srid, digits, "c.geom")), fp)
             components = await cur.fetchall()
             query = sql.SQL(_FLOOR_SENSORS).format(
                 alert_rank=sql.SQL(_ALERT_RANK),
                 utc=sql.SQL(_TIME), state=sql.SQL(_STATE),
-                geom=_geometry_sql(sensor_state.GEOM, srid, digits))
+                geom=geometry_sql(srid, digits, sensor_state.GEOM))
             await cur.execute(query, {**fp, "component_ids": [c["id"] for c in components],
                                       "offline_after_s": offline_after_s})
             sensors = await cur.fetchall()
