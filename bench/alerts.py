@@ -276,14 +276,28 @@ class Run:
         log(f"relay: {len(relay)} round trips, p50 {pct(relay, 0.5)} ms, p99 {pct(relay, 0.99)} ms")
         load.kill()
         res["sse"], res["relay"] = sse, relay
-        for proc in self.procs:
-            if proc.poll() is None:
-                proc.terminate()
+        self.stop_services()
         for rules in (0, 1000):
             r = self.ingest_rate(rules)
             res[f"rate_{rules}"] = r["canonical_1_readings_per_s"]
             log(f"ingest with {rules} rules: {res[f'rate_{rules}']} readings/s")
         return res
+
+    def stop_services(self) -> None:
+        """Stops the API and the ingest worker, and ends the worker's persistent session: left to
+        expire, it would queue every message the rate runs publish (200,000), and the broker would
+        then write them all to disk at each autosave, stalling for that long."""
+        for proc in self.procs:
+            if proc.poll() is None:
+                proc.terminate()
+        for proc in self.procs:
+            try:
+                proc.wait(10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+        client = _client(self.settings.ingest_client_id)  # clean start, session expiry 0
+        client.loop(1.0)  # its CONNACK
+        client.disconnect()
 
     def cleanup(self) -> None:
         import psycopg

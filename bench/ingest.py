@@ -45,7 +45,10 @@ with it for the 2 cores, and all of them face the same broker doing the same wor
 1. Each consumer gets its own persistent MQTT session (its own client id, session
    expiry 600 s), subscribed at QoS 1 to ``cim/v1/bench/+/up`` and then disconnected.
 2. Two paho publisher processes (QoS 1, paced: at most 10,000 unacknowledged publishes
-   per client, far below the 65,535 packet ids) publish the messages; the broker queues
+   per client, far below the 65,535 packet ids) publish the messages, each those of half
+   the devices, so that each device's messages stay in time order, as a device's own
+   connection sends them (were they split by range, half of every device's readings
+   would reach the alert engine as late readings); the broker queues
    them for every offline session. Publishing is over (all PUBACKs received) before any
    consumer starts. (a) and the ingest runs get the very same messages from one publish.
 3. Then the consumers run one after the other; each rate is counted from the first
@@ -108,6 +111,8 @@ MULTI_DEVICES = 100
 MULTI_CHANNELS = 50
 COPY_CHUNK = 10_000
 PROFILE_DEVICES = 100
+DEVICES_PER_KIND = 100  # every kind's message i comes from device i % 100
+assert SINGLE_DEVICES == MULTI_DEVICES == PROFILE_DEVICES == DEVICES_PER_KIND
 JSON_CHANNELS = 5     # the declared JSON profile's channels (c0 in °F, converted to °C)
 SENML_RECORDS = 20    # records per SenML pack
 BENCH_TOPICS = [f"cim/v1/{VENDOR}/+/up", f"vendors/{VENDOR}/#"]
@@ -269,10 +274,11 @@ def _session_props(expiry_s: int):
 
 
 def role_publish(a) -> dict:
-    """Publishes messages [start, start+count) of one kind at QoS 1, paced; exits when all are acked."""
+    """Publishes the messages i < count of one kind whose device (i % 100) is in this publisher's
+    share (device % parts == part), at QoS 1, paced; exits when all are acked."""
     mqtt, CallbackAPIVersion = _mqtt()
     make = MESSAGE_KINDS[a.kind]
-    messages = [make(i, a.t0_ms) for i in range(a.start, a.start + a.count)]
+    messages = [make(i, a.t0_ms) for i in range(a.count) if i % DEVICES_PER_KIND % a.parts == a.part]
     client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=a.client_id, protocol=mqtt.MQTTv5)
     _login(client)
     client.max_inflight_messages_set(1000)
@@ -381,7 +387,8 @@ def child_main(argv: list[str]) -> None:
     p.add_argument("--port", type=int, required=True)
     p.add_argument("--client-id", required=True)
     p.add_argument("--kind", default="single")
-    p.add_argument("--start", type=int, default=0)
+    p.add_argument("--part", type=int, default=0)
+    p.add_argument("--parts", type=int, default=1)
     p.add_argument("--count", type=int, default=0)
     p.add_argument("--t0-ms", type=int, default=0)
     p.add_argument("--expect", type=int, default=0)
@@ -607,12 +614,10 @@ class Bench:
 
     def publish(self, kind: str, count: int) -> float:
         """Publishes `count` messages with paho publisher processes; returns the wall time taken."""
-        n = self.args.publishers
-        per = -(-count // n)
+        n = min(self.args.publishers, DEVICES_PER_KIND)
         t = time.monotonic()
-        procs = [self.child("publish", self.cid(f"pub-{kind}-{k}"), kind=kind, start=k * per,
-                            count=min(per, count - k * per), t0_ms=self.t0_ms)
-                 for k in range(n) if k * per < count]
+        procs = [self.child("publish", self.cid(f"pub-{kind}-{k}"), kind=kind, part=k, parts=n, count=count,
+                            t0_ms=self.t0_ms) for k in range(n)]
         results = [self.child_result(p) for p in procs]
         elapsed = time.monotonic() - t
         if not all(r["all_acked"] for r in results):

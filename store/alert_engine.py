@@ -124,6 +124,15 @@ _RAISE = """
 _EVENT = """INSERT INTO alert_events (alert_id, actor, action, from_status, to_status, detail)
             VALUES (%s, %s, %s, %s, %s, %s)"""
 
+# _RAISE and its event in one statement (one round trip). The event's triggers run after the
+# statement, so its document shows the alert as raised or folded.
+_RAISE_WITH_EVENT = "WITH raised AS (" + _RAISE + """),
+    event AS (
+        INSERT INTO alert_events (alert_id, actor, action, from_status, to_status, detail)
+        SELECT id, %(actor)s, CASE WHEN created THEN 'raised' ELSE 'repeated' END,
+               CASE WHEN NOT created THEN status END, status, %(detail)s FROM raised)
+    SELECT id FROM raised"""
+
 
 def _raise_params(rule: RuleRow, sensor_id: int, title: str, time: datetime, value: float | None,
                   **finished) -> dict:
@@ -139,10 +148,9 @@ def raise_alert(conn: psycopg.Connection, rule: RuleRow, *, sensor_id: int, time
                 value: float | None, title: str, detail: dict | None = None) -> int:
     """Open an alert for (rule, sensor), or fold into the unfinished one. Returns its id.
     ``detail`` is added to the event's detail."""
-    alert_id, created, status = conn.execute(_RAISE, _raise_params(rule, sensor_id, title, time, value)).fetchone()
-    conn.execute(_EVENT, (alert_id, ENGINE_ACTOR, "raised" if created else "repeated", None if created else status,
-                          status, Jsonb({"value": value, "time": time.isoformat(), **(detail or {})})))
-    return alert_id
+    params = _raise_params(rule, sensor_id, title, time, value)
+    params.update(actor=ENGINE_ACTOR, detail=Jsonb({"value": value, "time": time.isoformat(), **(detail or {})}))
+    return conn.execute(_RAISE_WITH_EVENT, params).fetchone()[0]
 
 
 def fold_repeats(conn: psycopg.Connection, rule: RuleRow, *, sensor_id: int, repeats: int, last_time: datetime,
@@ -167,19 +175,21 @@ def clear_alert(conn: psycopg.Connection, rule: RuleRow, *, sensor_id: int, time
     """The condition cleared: note it; a rule with auto_clear also resolves the alert. The alert
     is the (rule, sensor)'s unfinished one, or ``alert_id`` if it is unfinished."""
     status = "resolved" if rule.auto_clear else None
-    row = conn.execute(
-        """UPDATE alerts a SET cleared_at = %(time)s,
-                  status = coalesce(%(status)s, a.status),
-                  resolved_at = CASE WHEN %(status)s IS NULL THEN a.resolved_at ELSE now() END
-           FROM (SELECT id, status FROM alerts WHERE rule_id = %(rule)s AND sensor_id = %(sensor)s
-                   AND status IN ('open', 'acknowledged', 'dispatched')
-                   AND (%(id)s::bigint IS NULL OR id = %(id)s) FOR UPDATE) old
-           WHERE a.id = old.id
-           RETURNING a.id, old.status, a.status""",
-        {"time": time, "status": status, "rule": rule.id, "sensor": sensor_id, "id": alert_id}).fetchone()
-    if row is not None:
-        conn.execute(_EVENT, (row[0], ENGINE_ACTOR, "resolved" if status else "cleared", row[1], row[2],
-                              Jsonb({"value": value, "time": time.isoformat(), "cleared": True, **(detail or {})})))
+    conn.execute(
+        """WITH cleared AS (
+               UPDATE alerts a SET cleared_at = %(time)s,
+                      status = coalesce(%(status)s, a.status),
+                      resolved_at = CASE WHEN %(status)s IS NULL THEN a.resolved_at ELSE now() END
+               FROM (SELECT id, status FROM alerts WHERE rule_id = %(rule)s AND sensor_id = %(sensor)s
+                       AND status IN ('open', 'acknowledged', 'dispatched')
+                       AND (%(id)s::bigint IS NULL OR id = %(id)s) FOR UPDATE) old
+               WHERE a.id = old.id
+               RETURNING a.id, old.status AS from_status, a.status AS to_status)
+           INSERT INTO alert_events (alert_id, actor, action, from_status, to_status, detail)
+           SELECT id, %(actor)s, %(action)s, from_status, to_status, %(detail)s FROM cleared""",
+        {"time": time, "status": status, "rule": rule.id, "sensor": sensor_id, "id": alert_id, "actor": ENGINE_ACTOR,
+         "action": "resolved" if status else "cleared",
+         "detail": Jsonb({"value": value, "time": time.isoformat(), "cleared": True, **(detail or {})})})
 
 
 def watch_pairs(conn: psycopg.Connection, pairs: Sequence[tuple[int, int]]) -> None:

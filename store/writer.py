@@ -28,9 +28,10 @@ from __future__ import annotations
 import logging
 import struct
 import threading
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
+from typing import Protocol
 
 import psycopg
 from psycopg import sql
@@ -47,21 +48,19 @@ _STAGE = """CREATE TEMP TABLE IF NOT EXISTS readings_stage (
                 time timestamptz NOT NULL, sensor_id bigint NOT NULL,
                 value double precision NOT NULL, received_at timestamptz NOT NULL
             ) ON COMMIT DELETE ROWS"""
-_SUMMARY_STAGES = [
-    """CREATE TEMP TABLE IF NOT EXISTS latest_stage (
-           time timestamptz NOT NULL, sensor_id bigint NOT NULL,
-           value double precision NOT NULL, received_at timestamptz NOT NULL
-       ) ON COMMIT DELETE ROWS""",
-    *(f"""CREATE TEMP TABLE IF NOT EXISTS {name} (
-              sensor_id bigint NOT NULL, bucket timestamptz NOT NULL, count bigint NOT NULL,
-              sum double precision NOT NULL, min double precision NOT NULL, max double precision NOT NULL
-          ) ON COMMIT DELETE ROWS""" for name in ("rollup_1m_stage", "rollup_1h_stage")),
-]
+# What a batch adds to latest and the rollups, in one table so it goes in one COPY: kind 0 is a
+# sensor's newest reading (time, value, received_at), kinds 1 and 2 its UTC minute and hour
+# (bucket in time; count, sum, min, max).
+_SUMMARY_STAGE = """CREATE TEMP TABLE IF NOT EXISTS summary_stage (
+                        kind smallint NOT NULL, sensor_id bigint NOT NULL, time timestamptz NOT NULL,
+                        value double precision, received_at timestamptz,
+                        count bigint, sum double precision, min double precision, max double precision
+                    ) ON COMMIT DELETE ROWS"""
 _COPY = "COPY readings_stage (time, sensor_id, value, received_at) FROM STDIN (FORMAT BINARY)"
 _COPY_TYPES = ["timestamptz", "int8", "float8", "timestamptz"]
 _COPY_DIRECT = "COPY readings (time, sensor_id, value, received_at) FROM STDIN (FORMAT BINARY)"
-_COPY_LATEST = "COPY latest_stage (time, sensor_id, value, received_at) FROM STDIN (FORMAT BINARY)"
-_COPY_ROLLUP = "COPY {} (sensor_id, bucket, count, sum, min, max) FROM STDIN (FORMAT BINARY)"
+_COPY_SUMMARY = ("COPY summary_stage (kind, sensor_id, time, value, received_at, count, sum, min, max) "
+                 "FROM STDIN (FORMAT BINARY)")
 # After a conflict, this many batches take the safe path before the fast one is tried again.
 SAFE_BATCHES_AFTER_CONFLICT = 8
 
@@ -103,7 +102,7 @@ def _move_statement(with_rollups: bool, *, rows: bool = False) -> sql.Composable
 _UPSERT_LATEST = """
     newest AS (
         INSERT INTO latest AS l (sensor_id, time, value, received_at)
-        SELECT sensor_id, time, value, received_at FROM latest_stage ORDER BY sensor_id
+        SELECT sensor_id, time, value, received_at FROM summary_stage WHERE kind = 0 ORDER BY sensor_id
         ON CONFLICT (sensor_id) DO UPDATE
             SET time = excluded.time, value = excluded.value, received_at = excluded.received_at
             WHERE l.time < excluded.time)"""
@@ -111,7 +110,7 @@ _UPSERT_LATEST = """
 _UPSERT_ROLLUP = """
     {name} AS (
         INSERT INTO {table} AS r (sensor_id, bucket, count, sum, min, max)
-        SELECT sensor_id, bucket, count, sum, min, max FROM {stage} ORDER BY 1, 2
+        SELECT sensor_id, time, count, sum, min, max FROM summary_stage WHERE kind = {kind} ORDER BY 1, 2
         ON CONFLICT (sensor_id, bucket) DO UPDATE
             SET count = r.count + excluded.count, sum = r.sum + excluded.sum,
                 min = least(r.min, excluded.min), max = greatest(r.max, excluded.max))"""
@@ -120,10 +119,9 @@ _UPSERT_ROLLUP = """
 def _summary_statement(with_rollups: bool) -> sql.Composable:
     parts = [sql.SQL(_UPSERT_LATEST)]
     if with_rollups:
-        for name, table, stage in (("m1", "readings_1m", "rollup_1m_stage"),
-                                   ("h1", "readings_1h", "rollup_1h_stage")):
+        for name, table, kind in (("m1", "readings_1m", 1), ("h1", "readings_1h", 2)):
             parts.append(sql.SQL(_UPSERT_ROLLUP).format(name=sql.Identifier(name), table=sql.Identifier(table),
-                                                        stage=sql.Identifier(stage)))
+                                                        kind=sql.Literal(kind)))
     return sql.SQL("WITH ") + sql.SQL(",").join(parts) + sql.SQL(" SELECT 1")
 
 
@@ -215,23 +213,23 @@ _MICROSECOND = timedelta(microseconds=1)
 _COPY_HEADER = b"PGCOPY\n\xff\r\n\x00" + struct.pack("!ii", 0, 0)
 _COPY_TRAILER = struct.pack("!h", -1)
 # One row of binary COPY data: the field count, then each field's length and value.
-# (timestamptz, int8, float8, timestamptz): readings and latest_stage.
+# (timestamptz, int8, float8, timestamptz): readings.
 _READING_ROW = struct.Struct("!hiqiqidiq")
-# (int8, timestamptz, int8, float8, float8, float8): the rollup stages.
-_ROLLUP_ROW = struct.Struct("!hiqiqiqididid")
+# summary_stage rows: (kind, sensor_id, time, value, received_at, NULL × 4) for latest and
+# (kind, sensor_id, bucket, NULL, NULL, count, sum, min, max) for the rollups.
+_LATEST_ROW = struct.Struct("!hihiqiqidiqiiii")
+_ROLLUP_ROW = struct.Struct("!hihiqiqiiiqididid")
+_NULL = -1
 
 
 @dataclass(slots=True)
 class Summary:
-    """What a batch of new rows adds to ``latest`` and the rollups, as binary COPY data.
-
-    ``latest``: (time, sensor_id, value, received_at) of each sensor's newest row.
-    ``minutes``/``hours``: (sensor_id, bucket, count, sum, min, max) per sensor and UTC minute/hour.
+    """What a batch of new rows adds to ``latest`` and the rollups: ``stage``, binary COPY data
+    for ``summary_stage``: each sensor's newest row, and its (count, sum, min, max) per UTC
+    minute and hour.
     """
 
-    latest: bytes
-    minutes: bytes
-    hours: bytes
+    stage: bytes
     weeks: set[int]  # week starts (epoch s) the rows fall in
 
 
@@ -266,12 +264,20 @@ def _encode_readings(rows: Iterable[tuple]) -> bytes:
     return b"".join(out)
 
 
-def _encode_rollups(groups: dict[tuple[int, tuple], list], starts: dict[tuple, int]) -> bytes:
-    pack = _ROLLUP_ROW.pack
+def _encode_summary(latest: Iterable[tuple], rollups: Iterable[tuple[int, dict[tuple[int, tuple], list]]],
+                    starts: dict[tuple, int]) -> bytes:
+    """summary_stage rows as binary COPY data: ``latest`` (time, sensor_id, value, received_at)
+    rows, then each ``(kind, groups)`` of rollups."""
     out = [_COPY_HEADER]
     append = out.append
-    for (sensor_id, bucket), (count, total, lo, hi) in groups.items():
-        append(pack(6, 8, sensor_id, 8, starts[bucket], 8, count, 8, total, 8, lo, 8, hi))
+    pack = _LATEST_ROW.pack
+    for t, sensor_id, value, received_at in latest:
+        append(pack(9, 2, 0, 8, sensor_id, 8, _micros(t), 8, value, 8, _micros(received_at),
+                    _NULL, _NULL, _NULL, _NULL))
+    pack = _ROLLUP_ROW.pack
+    for kind, groups in rollups:
+        for (sensor_id, bucket), (count, total, lo, hi) in groups.items():
+            append(pack(9, 2, kind, 8, sensor_id, 8, starts[bucket], _NULL, _NULL, 8, count, 8, total, 8, lo, 8, hi))
     append(_COPY_TRAILER)
     return b"".join(out)
 
@@ -352,8 +358,7 @@ def summarize(rows: Sequence[tuple[datetime, int, float, datetime]]) -> Summary 
              for h in hour_starts.values()}
     starts = {hour: _micros(start) for hour, start in hour_starts.items()}
     starts.update({m: _micros(hour_starts[m[:4]].replace(minute=m[4])) for m in {m for _, m in minutes}})
-    return Summary(latest=_encode_readings(latest.values()), minutes=_encode_rollups(minutes, starts),
-                   hours=_encode_rollups(hours, starts), weeks=weeks)
+    return Summary(stage=_encode_summary(latest.values(), ((1, minutes), (2, hours)), starts), weeks=weeks)
 
 
 def prepare_rows(rows: Sequence[tuple[datetime, int, float, datetime]]) -> PreparedRows | None:
@@ -415,15 +420,27 @@ class DeviceLookup:
             self._close()
 
 
-InsertedHook = Callable[[psycopg.Connection, Sequence[tuple[datetime, int, float, datetime]]], None]
+class _HookFailed(Exception):
+    """The ``on_inserted`` hook failed on a batch (counted and logged)."""
+
+
+class InsertedHook(Protocol):
+    """What :class:`ReadingWriter` calls with each batch's new readings (the alert engine)."""
+
+    def touches(self, rows: Sequence[tuple[datetime, int, float, datetime]]) -> bool:
+        """Whether the hook has anything to do with these rows (else it is not called)."""
+
+    def __call__(self, conn: psycopg.Connection, rows: Sequence[tuple[datetime, int, float, datetime]]) -> None:
+        ...
 
 
 class ReadingWriter:
     """Owns one connection; any psycopg.OperationalError means reconnect and retry the batch.
 
     ``on_inserted`` (the alert engine) runs inside each batch's transaction with exactly the
-    readings that were new, so what it writes commits, or not, together with them. It runs
-    under a savepoint: if it fails, the readings are still stored and the failure is counted.
+    readings that were new, so what it writes commits, or not, together with them; batches
+    none of whose sensors it ``touches`` skip it. If it fails, the transaction is rolled back
+    and the batch written again without it: the readings are stored and the failure counted.
     """
 
     def __init__(self, url: str, *, application_name: str = "cimtwin-ingest",
@@ -447,8 +464,7 @@ class ReadingWriter:
             self.close()
             conn = connect(self._url, application_name=self._application_name)
             conn.execute(_STAGE)
-            for statement in _SUMMARY_STAGES:
-                conn.execute(statement)
+            conn.execute(_SUMMARY_STAGE)
             self.timescaledb = has_timescaledb(conn)
             conn.commit()
             self._move = _move_statement(with_rollups=not self.timescaledb, rows=self._on_inserted is not None)
@@ -498,16 +514,24 @@ class ReadingWriter:
         if rows and (prepared is None or prepared.count != len(rows)):
             prepared = prepare_rows(rows)
         try:
-            return self._write(rows, dead_letters, pending, prepared, replays)
+            return self._write_checked(rows, dead_letters, pending, prepared, replays, hook=True)
+        except _HookFailed:
+            # Its writes went with the rolled-back transaction; the readings must not.
+            return self._write_checked(rows, dead_letters, pending, prepared, replays, hook=False)
+
+    def _write_checked(self, rows, dead_letters, pending, prepared: PreparedRows | None,
+                       replays: Sequence[ReplayOutcome], *, hook: bool) -> int:
+        try:
+            return self._write(rows, dead_letters, pending, prepared, replays, hook=hook)
         except psycopg.errors.CheckViolation:
             if self.timescaledb or not self._weeks_ready:
                 raise
             # A partition we knew of was dropped (retention): look again.
             self._weeks_ready.clear()
-            return self._write(rows, dead_letters, pending, prepared, replays)
+            return self._write(rows, dead_letters, pending, prepared, replays, hook=hook)
 
     def _write(self, rows, dead_letters, pending, prepared: PreparedRows | None,
-               replays: Sequence[ReplayOutcome] = ()) -> int:
+               replays: Sequence[ReplayOutcome], *, hook: bool) -> int:
         conn = self._connection()
         try:
             inserted = 0
@@ -530,7 +554,7 @@ class ReadingWriter:
                 if rows and not fast:
                     new_rows = self._insert_missing(cur, rows, prepared)
                     inserted = new_rows if isinstance(new_rows, int) else len(new_rows)
-                if new_rows and self._on_inserted is not None:
+                if hook and new_rows and self._on_inserted is not None and self._on_inserted.touches(new_rows):
                     self._run_hook(conn, new_rows)
                 if dead_letters:
                     cur.executemany(_DEAD_LETTER, [
@@ -564,12 +588,8 @@ class ReadingWriter:
         with conn.cursor() as cur:
             with cur.copy(_COPY_DIRECT) as copy:
                 copy.write(prepared.copy_data)
-            with cur.copy(_COPY_LATEST) as copy:
-                copy.write(summary.latest)
-            if not self.timescaledb:
-                for stage, data in (("rollup_1m_stage", summary.minutes), ("rollup_1h_stage", summary.hours)):
-                    with cur.copy(_COPY_ROLLUP.format(stage)) as copy:
-                        copy.write(data)
+            with cur.copy(_COPY_SUMMARY) as copy:
+                copy.write(summary.stage)
             cur.execute(self._summary_sql)
         return prepared.count
 
@@ -590,11 +610,11 @@ class ReadingWriter:
 
     def _run_hook(self, conn: psycopg.Connection, new_rows) -> None:
         try:
-            with conn.transaction():  # a savepoint
-                self._on_inserted(conn, new_rows)
+            self._on_inserted(conn, new_rows)
         except psycopg.OperationalError:
             raise
         except Exception as exc:  # noqa: BLE001 - a rule bug must not lose readings
             self.hook_failures += 1
             self.last_hook_error = f"{type(exc).__name__}: {exc}"
-            log.exception("the alert engine failed on a batch; its readings are stored")
+            log.exception("the alert engine failed on a batch; storing its readings without it")
+            raise _HookFailed from exc

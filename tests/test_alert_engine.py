@@ -487,6 +487,33 @@ def engine(database_url, db):
         e.close()
 
 
+def test_a_failing_engine_loses_no_reading_and_leaves_no_half_written_alert(db, register, engine, monkeypatch):
+    from cimtwin.store import alert_engine as store
+
+    ids = register("uci", {"h-1": ["level"], "h-2": ["level"]})
+    watched, other = ids[("h-1", "level")], ids[("h-2", "level")]
+    rule = _level_rule(db, watched, hold_s=0)
+    e = engine()
+    t0 = datetime.now(timezone.utc).replace(microsecond=0) - timedelta(minutes=10)
+    rows = [(t0, watched, 11.0, t0), (t0, other, 3.0, t0)]
+    assert e.alerts.touches(rows) and not e.alerts.touches(rows[1:])
+
+    def rule_bug(*args, **kwargs):
+        raise RuntimeError("a rule bug")
+
+    monkeypatch.setattr(store, "save_states", rule_bug)  # after the alert is raised in the transaction
+    assert e.writer.write(rows) == 2
+    assert e.writer.hook_failures == 1 and "a rule bug" in e.writer.last_hook_error
+    assert db.execute("SELECT sensor_id, value FROM readings ORDER BY sensor_id").fetchall() == [
+        (watched, 11.0), (other, 3.0)]
+    assert db.execute("SELECT count(*) FROM latest").fetchone()[0] == 2
+    assert _alerts(db, rule) == [] and db.execute("SELECT count(*) FROM alert_events").fetchone()[0] == 0
+    monkeypatch.undo()
+    e.writer.write([(t0 + timedelta(seconds=60), watched, 12.0, t0)])
+    assert e.writer.hook_failures == 1
+    assert _alerts(db, rule) == [(t0 + timedelta(seconds=60), None)]
+
+
 def test_an_alert_someone_acknowledged_is_kept_with_a_note(db, register, engine):
     ids = register("uci", {"h-1": ["level"]})
     sensor = ids[("h-1", "level")]

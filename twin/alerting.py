@@ -412,6 +412,13 @@ class AlertEngine:
 
     # evaluation (inside the writer's transaction) -------------------------
 
+    def touches(self, rows: Sequence[Row]) -> bool:
+        """Whether a rule watches any of these rows' sensors (else the batch needs no evaluation)."""
+        snapshot = self._rules
+        by_sensor, watch = snapshot.by_sensor, snapshot.composite_watch
+        return bool(by_sensor or watch) and any(
+            sensor_id in by_sensor or sensor_id in watch for _, sensor_id, _, _ in rows)
+
     def __call__(self, conn: psycopg.Connection, rows: Sequence[Row]) -> None:
         snapshot = self._rules
         by_sensor, watch = snapshot.by_sensor, snapshot.composite_watch
