@@ -46,8 +46,11 @@ distance PostGIS reports for a row (``ST_Distance(geography)``), from the row's 
 planar distance ``s`` (same scaling), so that only rows whose bounds overlap another's
 need the exact distance to be ranked:
 
-    lo = ((k0 - a·s/2)·s - sag)·(1 - 10⁻³) - 5 mm
+    lo = ((k0 - a·u/2)·u - sag)·(1 - 10⁻³) - 5 mm,   u = min(s, 2·reach)
     hi = ((k0 + a·s/2)·s + sag)·ratio·(1 + 10⁻⁶) + 5 mm
+
+(multiplied out into three coefficients each, ``lo_coefficients`` and ``hi_coefficients``,
+which the SQL takes as parameters).
 
 * ``k0`` is the metres per scaled degree at the point (M(φ0)·π/180, the same along x
   and y); ``a`` bounds how fast that changes per degree of latitude (x: M·|sin φ|/kx,
@@ -210,12 +213,27 @@ class NearestBand:
     reach: float
     guard: tuple[float, float, float, float]
 
+    @property
+    def lo_coefficients(self) -> tuple[float, float, float]:
+        """(c0, c1, c2) with lo = u·(c0 - c1·u) - c2·diag² - 5 mm, u = min(s, 2·reach): the
+        lower bound multiplied out, so that the SQL holds no more arithmetic than needed."""
+        f = 1 - 1e-3
+        return self.k0 * f, self.a / 2 * f, self.sag_k * f
+
+    @property
+    def hi_coefficients(self) -> tuple[float, float, float]:
+        """(c0, c1, c2) with hi = s·(c0 + c1·s) + c2·diag² + 5 mm: the upper bound multiplied out."""
+        f = self.ratio * (1 + 1e-6)
+        return self.k0 * f, self.a / 2 * f, self.sag_k * f
+
     def bounds(self, s: float, diag_deg: float = 0.0) -> tuple[float, float]:
         """(lo, hi) in metres for a row at scaled distance ``s`` whose bounding-box
         diagonal is ``diag_deg`` degrees (the same formula as the SQL)."""
-        sag = self.sag_k * diag_deg * diag_deg
-        return (((self.k0 - self.a * s / 2) * s - sag) * (1 - 1e-3) - 0.005,
-                ((self.k0 + self.a * s / 2) * s + sag) * self.ratio * (1 + 1e-6) + 0.005)
+        lo0, lo1, lo2 = self.lo_coefficients
+        hi0, hi1, hi2 = self.hi_coefficients
+        u = min(s, 2 * self.reach)
+        d2 = diag_deg * diag_deg
+        return u * (lo0 - lo1 * u) - lo2 * d2 - 0.005, s * (hi0 + hi1 * s) + hi2 * d2 + 0.005
 
 
 def nearest_band(lon: float, lat: float, reach: float = _NEAREST_REACH) -> NearestBand | None:

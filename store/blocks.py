@@ -269,21 +269,27 @@ def _feature_select(layer: Layer, q: FeatureQuery) -> sql.Composable:
 
 
 # Nearest N (see geo/dwithin.py, "Nearest N"). Each row's scaled planar distance ``s`` and
-# bounding-box diagonal give bounds lo ≤ ST_Distance(geography) ≤ hi; a row outside the
-# guard box gets its exact distance ``d`` instead (lo = hi = d). The same values as _POINT and
-# _DISTANCE, written with C functions only: SQL-function wrappers (ST_Scale, ST_GeomFromWKB(wkb,
-# srid)) are inlined anew at every planning, which doubled it.
-_NN_POINT = "ST_SetSRID(ST_GeomFromWKB(%(point)s), 4326)"
-_NN_DISTANCE = "ST_Distance({g}::geography, " + _NN_POINT + "::geography, true)"
-_NEAREST_ROW = f"""ST_Distance(ST_Affine(t.geom, %(nb_kx)s, 0, 0, 0, 1, 0, 0, 0, 1, 0, 0, 0),
-                ST_SetSRID(ST_MakePoint(%(nb_x)s, %(nb_y)s), 4326)) AS s,
+# bounding-box diagonal give bounds lo ≤ ST_Distance(geography) ≤ hi (coefficients from
+# NearestBand); a row outside the guard box gets its exact distance ``d`` instead (lo = hi = d).
+# The point, the scaled point and the guard box are bound as EWKB text typed by their casts:
+# PostgreSQL parses them once, at bind, so a generic plan converts nothing per row and costs
+# what a custom plan does (so the plan cache keeps it), and planning folds nothing. Only C
+# functions: SQL-function wrappers (ST_Scale, ST_GeomFromWKB(wkb, srid)) are inlined anew at
+# every planning.
+_NN_POINT = "%(nn_point)s::geometry"
+_NN_GEOG = "%(nn_point_geog)s::geography"
+_NN_DISTANCE = "ST_Distance({g}::geography, " + _NN_GEOG + ", true)"
+_NEAREST_ROW = f"""ST_Distance(ST_Affine(t.geom, %(nb_kx)s, 0, 0, 0, 1, 0, 0, 0, 1, 0, 0, 0), %(nb_point)s::geometry) AS s,
     ST_Length(ST_BoundingDiagonal(t.geom, false)) AS diag,
-    CASE WHEN NOT t.geom @ ST_MakeEnvelope(%(nb_x0)s, %(nb_y0)s, %(nb_x1)s, %(nb_y1)s, 4326)
-         THEN {_NN_DISTANCE.format(g="t.geom")} END AS d"""
-_NEAREST_HI = ("coalesce(d, ((%(nb_k0)s + %(nb_a)s * s / 2) * s + %(nb_sag)s * diag * diag) * %(nb_ratio)s "
-               "* (1 + 1e-6) + 0.005)")
-_NEAREST_LO = ("coalesce(d, ((%(nb_k0)s - %(nb_a)s * least(s, %(nb_span)s) / 2) * least(s, %(nb_span)s) "
-               "- %(nb_sag)s * diag * diag) * (1 - 1e-3) - 0.005)")
+    CASE WHEN NOT t.geom @ %(nb_guard)s::geometry THEN {_NN_DISTANCE.format(g="t.geom")} END AS d"""
+_NEAREST_HI = "coalesce(d, s * (%(nb_hi0)s + %(nb_hi1)s * s) + %(nb_hi2)s * diag * diag + 0.005)"
+_NEAREST_LO = ("coalesce(d, least(s, %(nb_span)s) * (%(nb_lo0)s - %(nb_lo1)s * least(s, %(nb_span)s)) "
+               "- %(nb_lo2)s * diag * diag - 0.005)")
+# A row's rank: its lower bound where no other row's bounds overlap its own (the rows are in
+# order of lo, id), else its exact distance.
+_NEAREST_RANK = f"""CASE WHEN exact OR (max(hi) OVER (ORDER BY lo, id ROWS BETWEEN UNBOUNDED PRECEDING AND 1 PRECEDING)
+                                < lo IS NOT FALSE AND hi < lead(lo) OVER (ORDER BY lo, id) IS NOT FALSE) THEN lo
+         ELSE {_NN_DISTANCE.format(g="geom")} END"""
 # Layers whose joins neither drop nor repeat rows (LEFT JOINs on a key; an inner join on a NOT
 # NULL foreign key): their candidates come from the table alone, which plans faster, unless a
 # filter reads another alias.
@@ -291,11 +297,19 @@ _NEAREST_TABLE_ONLY = frozenset({"areas", "buildings", "components", "floors"})
 _ALIAS = re.compile(r"\b([A-Za-z_]\w*)\.[A-Za-z_]")
 
 
-def _nearest_params(band) -> dict[str, float]:
-    """The parameters of _NEAREST_ROW, _NEAREST_LO and _NEAREST_HI for a NearestBand."""
-    return {"nb_kx": band.kx, "nb_x": band.x, "nb_y": band.y, "nb_k0": band.k0, "nb_a": band.a,
-            "nb_sag": band.sag_k, "nb_ratio": band.ratio, "nb_span": 2 * band.reach, "nb_x0": band.guard[0],
-            "nb_y0": band.guard[1], "nb_x1": band.guard[2], "nb_y1": band.guard[3]}
+def _ewkb(geom: shapely.Geometry) -> str:
+    """``geom`` in EPSG:4326 as hex EWKB, which ``::geometry`` and ``::geography`` parse."""
+    return shapely.to_wkb(shapely.set_srid(geom, 4326), hex=True, include_srid=True)
+
+
+def _nearest_params(band, point: shapely.Point) -> dict[str, Any]:
+    """The parameters of _NN_POINT, _NN_GEOG, _NEAREST_ROW, _NEAREST_LO and _NEAREST_HI for
+    a NearestBand and its query point."""
+    (lo0, lo1, lo2), (hi0, hi1, hi2) = band.lo_coefficients, band.hi_coefficients
+    return {"nn_point": _ewkb(point), "nn_point_geog": _ewkb(point), "nb_kx": band.kx,
+            "nb_point": _ewkb(shapely.Point(band.x, band.y)), "nb_guard": _ewkb(shapely.box(*band.guard)),
+            "nb_span": 2 * band.reach, "nb_lo0": lo0, "nb_lo1": lo1, "nb_lo2": lo2, "nb_hi0": hi0, "nb_hi1": hi1,
+            "nb_hi2": hi2}
 
 
 def _nearest_from(layer: Layer, q: FeatureQuery) -> str:
@@ -326,40 +340,36 @@ def _nearest_sql(layer: Layer, q: FeatureQuery, where: sql.Composable, select: s
     N is written into the SQL: with LIMIT as a parameter a generic plan is costed for a
     tenth of the table (and JIT-compiled), so a prepared statement would be planned anew at
     every call; with it written in, the plan cache keeps the generic plan, which is the
-    same plan."""
+    same plan. The ranking (window functions) and the LIMIT are in the outer query: one
+    query level fewer to plan."""
     params["nearest"] = q.nearest
     pt = shapely.from_wkb(q.point)
     band = nearest_band(pt.x, pt.y) if isinstance(pt, shapely.Point) and not pt.is_empty else None
     if band is None:
         return _nearest_exact_sql(layer, where, select, params)
-    params.update(_nearest_params(band))
-    ranked = sql.SQL("""
+    params.update(_nearest_params(band, pt))
+    parts = dict(
+        row=sql.SQL(_NEAREST_ROW), lo=sql.SQL(_NEAREST_LO), hi=sql.SQL(_NEAREST_HI), point=sql.SQL(_NN_POINT),
+        geog=sql.SQL(_NN_GEOG), rank=sql.SQL(_NEAREST_RANK), scan=sql.SQL(_nearest_from(layer, q)), where=where, id=sql.SQL(layer.id_expr),
+        n=sql.Literal(int(q.nearest)), n_1=sql.Literal(int(q.nearest) - 1))
+    candidates = sql.SQL("""
         WITH knn AS MATERIALIZED (
             SELECT {row} FROM {scan} WHERE {where}
             ORDER BY t.geom <-> {point} LIMIT {n}),
         cand AS MATERIALIZED (
             SELECT id, geom, d IS NOT NULL AS exact, {lo} AS lo, {hi} AS hi FROM (
                 SELECT {id} AS id, t.geom, {row} FROM {scan}
-                WHERE {where} AND t.geom::geography && _ST_Expand({point}::geography, (SELECT max({hi}) FROM knn))
-                OFFSET 0) c),
-        ranked AS (
-            SELECT id, geom, exact, lo, hi,
-                   max(hi) OVER (ORDER BY lo, id ROWS BETWEEN UNBOUNDED PRECEDING AND 1 PRECEDING) AS below_hi,
-                   lead(lo) OVER (ORDER BY lo, id) AS above_lo
-            FROM cand WHERE lo <= (SELECT hi FROM cand ORDER BY hi LIMIT 1 OFFSET {n_1}) IS NOT FALSE),
-        nearest AS (
-            SELECT id, CASE WHEN exact OR (below_hi < lo IS NOT FALSE AND hi < above_lo IS NOT FALSE) THEN lo
-                            ELSE {exact} END AS rank_d
-            FROM ranked ORDER BY 2, 1 LIMIT {n})""").format(
-        row=sql.SQL(_NEAREST_ROW), lo=sql.SQL(_NEAREST_LO), hi=sql.SQL(_NEAREST_HI), point=sql.SQL(_NN_POINT),
-        exact=sql.SQL(_NN_DISTANCE.format(g="geom")),
-        scan=sql.SQL(_nearest_from(layer, q)), where=where, id=sql.SQL(layer.id_expr),
-        n=sql.Literal(int(q.nearest)), n_1=sql.Literal(int(q.nearest) - 1))
+                WHERE {where} AND t.geom::geography && _ST_Expand({geog}, (SELECT max({hi}) FROM knn))
+                OFFSET 0) c)""").format(**parts)
+    kept = sql.SQL("FROM cand WHERE lo <= (SELECT hi FROM cand ORDER BY hi LIMIT 1 OFFSET {n_1}) IS NOT FALSE").format(
+        **parts)
     if select is None:
-        return sql.SQL("{} SELECT id FROM nearest ORDER BY rank_d, id").format(ranked)
-    return sql.SQL("{ranked} SELECT {select} FROM {from_} JOIN nearest nn ON nn.id = {id} "
-                   "ORDER BY nn.rank_d, nn.id").format(ranked=ranked, select=select, from_=sql.SQL(layer.from_),
-                                                       id=sql.SQL(layer.id_expr))
+        return sql.SQL("{} SELECT id {} ORDER BY {}, id LIMIT {}").format(candidates, kept, parts["rank"],
+                                                                         parts["n"])
+    return sql.SQL("{candidates} SELECT {select} FROM {from_} JOIN (SELECT id, {rank} AS rank_d {kept} "
+                   "ORDER BY 2, 1 LIMIT {n}) nn ON nn.id = {id} ORDER BY nn.rank_d, nn.id").format(
+        candidates=candidates, select=select, from_=sql.SQL(layer.from_), rank=parts["rank"], kept=kept,
+        n=parts["n"], id=sql.SQL(layer.id_expr))
 
 
 def _nearest_exact_sql(layer: Layer, where: sql.Composable, select: sql.Composable | None,

@@ -493,14 +493,16 @@ def test_nearest_distance_bounds_hold_for_every_row(district):
             checked = 0
             for p in points:
                 band = nearest_band(p.x, p.y)
-                params = {"point": shapely.to_wkb(p), **store._nearest_params(band)}
+                params = store._nearest_params(band, p)
                 for table in ("buildings", "components", "areas"):
                     rows = conn.execute(
                         f"SELECT id, {store._NEAREST_LO}, {store._NEAREST_HI}, "
-                        f"{store._NN_DISTANCE.format(g='geom')}, d IS NULL "
+                        f"{store._NN_DISTANCE.format(g='geom')}, d IS NULL, s, diag "
                         f"FROM (SELECT t.id, t.geom, {store._NEAREST_ROW} FROM {table} t) x", params).fetchall()
-                    for row_id, lo, hi, exact, banded in rows:
+                    for row_id, lo, hi, exact, banded, s, diag in rows:
                         assert lo <= exact <= hi, (table, row_id, p.wkt, lo, exact, hi)
+                        if banded:  # the SQL and NearestBand.bounds are the same formula
+                            assert band.bounds(s, diag) == pytest.approx((lo, hi), rel=1e-12, abs=1e-9)
                         if banded and table == "buildings" and exact < 1000:
                             assert hi - lo < 0.0065 * exact + 0.02, (row_id, p.wkt, lo, exact, hi)
                     checked += len(rows)
