@@ -106,13 +106,9 @@ from proc_load import HEAVY_NAMES, proc_table  # bench/ is the script's folder
 
 ROOT = Path(__file__).resolve().parent.parent
 VENDOR = "bench"
-SINGLE_DEVICES = 100
-MULTI_DEVICES = 100
+DEVICES = 100  # of each kind: every kind's message i comes from device i % DEVICES
 MULTI_CHANNELS = 50
 COPY_CHUNK = 10_000
-PROFILE_DEVICES = 100
-DEVICES_PER_KIND = 100  # every kind's message i comes from device i % 100
-assert SINGLE_DEVICES == MULTI_DEVICES == PROFILE_DEVICES == DEVICES_PER_KIND
 JSON_CHANNELS = 5     # the declared JSON profile's channels (c0 in °F, converted to °C)
 SENML_RECORDS = 20    # records per SenML pack
 BENCH_TOPICS = [f"cim/v1/{VENDOR}/+/up", f"vendors/{VENDOR}/#"]
@@ -184,14 +180,14 @@ def _iso(t0_ms: int, offset_ms: int) -> str:
 
 def single_message(i: int, t0_ms: int, topic_root: str = "cim/v1") -> tuple[str, bytes]:
     """Message i: device s{i % 100}, one reading with its own time t0 + i ms."""
-    topic = f"{topic_root}/{VENDOR}/s{i % SINGLE_DEVICES:03d}/up"
+    topic = f"{topic_root}/{VENDOR}/s{i % DEVICES:03d}/up"
     payload = {"readings": [{"channel": "temp", "value": round((i % 1000) * 0.1, 1), "time": _iso(t0_ms, i)}]}
     return topic, json.dumps(payload, separators=(",", ":")).encode()
 
 
 def multi_message(j: int, t0_ms: int, topic_root: str = "cim/v1") -> tuple[str, bytes]:
     """Message j: device m{j % 100}, 50 readings sharing the message time t0 + j ms."""
-    topic = f"{topic_root}/{VENDOR}/m{j % MULTI_DEVICES:03d}/up"
+    topic = f"{topic_root}/{VENDOR}/m{j % DEVICES:03d}/up"
     payload = {"time": _iso(t0_ms, j),
                "readings": [{"channel": f"c{c:02d}", "value": round(((j + c) % 1000) * 0.1, 1)}
                             for c in range(MULTI_CHANNELS)]}
@@ -200,7 +196,7 @@ def multi_message(j: int, t0_ms: int, topic_root: str = "cim/v1") -> tuple[str, 
 
 def canonical_n_message(j: int, t0_ms: int, *, prefix: str, n: int) -> tuple[str, bytes]:
     """The canonical baseline for a profile: device {prefix}{j % 100}, n readings at t0 + j ms."""
-    topic = f"cim/v1/{VENDOR}/{prefix}{j % PROFILE_DEVICES:03d}/up"
+    topic = f"cim/v1/{VENDOR}/{prefix}{j % DEVICES:03d}/up"
     payload = {"time": _iso(t0_ms, j),
                "readings": [{"channel": f"c{c:02d}", "value": round(((j + c) % 1000) * 0.1, 1)} for c in range(n)]}
     return topic, json.dumps(payload, separators=(",", ":")).encode()
@@ -208,14 +204,14 @@ def canonical_n_message(j: int, t0_ms: int, *, prefix: str, n: int) -> tuple[str
 
 def profile_json_message(j: int, t0_ms: int) -> tuple[str, bytes]:
     """A vendor's own JSON (the `bench-env` profile): 5 values under /d, epoch-ms time under /ts."""
-    topic = f"vendors/{VENDOR}/env/p{j % PROFILE_DEVICES:03d}/data"
+    topic = f"vendors/{VENDOR}/env/p{j % DEVICES:03d}/data"
     payload = {"ts": t0_ms + j, "d": {f"c{c:02d}": round(((j + c) % 1000) * 0.1, 1) for c in range(JSON_CHANNELS)}}
     return topic, json.dumps(payload, separators=(",", ":")).encode()
 
 
 def senml_message(j: int, t0_ms: int) -> tuple[str, bytes]:
     """A SenML pack (the `bench-senml` profile) of 20 records in Cel, base name and base time."""
-    device = f"q{j % PROFILE_DEVICES:03d}"
+    device = f"q{j % DEVICES:03d}"
     records = [{"n": f"c{c:02d}", "u": "Cel", "v": round(((j + c) % 1000) * 0.1, 1)} for c in range(SENML_RECORDS)]
     records[0].update(bn=f"{device}:", bt=(t0_ms + j) / 1000)
     return f"vendors/{VENDOR}/senml/{device}", json.dumps(records, separators=(",", ":")).encode()
@@ -245,7 +241,7 @@ def single_rows(n: int, t0_ms: int, sensor_ids: dict[tuple[str, str], int]) -> l
     rows = []
     for i in range(n):
         t = datetime.fromtimestamp((t0_ms + i) / 1000, tz=timezone.utc)
-        rows.append((t, sensor_ids[(f"s{i % SINGLE_DEVICES:03d}", "temp")], round((i % 1000) * 0.1, 1), now))
+        rows.append((t, sensor_ids[(f"s{i % DEVICES:03d}", "temp")], round((i % 1000) * 0.1, 1), now))
     return rows
 
 
@@ -278,7 +274,7 @@ def role_publish(a) -> dict:
     share (device % parts == part), at QoS 1, paced; exits when all are acked."""
     mqtt, CallbackAPIVersion = _mqtt()
     make = MESSAGE_KINDS[a.kind]
-    messages = [make(i, a.t0_ms) for i in range(a.count) if i % DEVICES_PER_KIND % a.parts == a.part]
+    messages = [make(i, a.t0_ms) for i in range(a.count) if i % DEVICES % a.parts == a.part]
     client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=a.client_id, protocol=mqtt.MQTTv5)
     _login(client)
     client.max_inflight_messages_set(1000)
@@ -507,12 +503,12 @@ class Bench:
             "INSERT INTO profiles (vendor_id, name, version, format, topic, document) VALUES (%s, %s, 1, %s, %s, %s) "
             "RETURNING id", (vendor_id, name, doc["format"], doc["topic"], Jsonb(doc))).fetchone()[0]
             for name, doc in PROFILES.items()}
-        devices = [(f"s{d:03d}", ["temp"], None) for d in range(SINGLE_DEVICES)]
-        devices += [(f"m{d:03d}", [f"c{c:02d}" for c in range(MULTI_CHANNELS)], None) for d in range(MULTI_DEVICES)]
+        devices = [(f"s{d:03d}", ["temp"], None) for d in range(DEVICES)]
+        devices += [(f"m{d:03d}", [f"c{c:02d}" for c in range(MULTI_CHANNELS)], None) for d in range(DEVICES)]
         devices += [(f"p{d:03d}", [f"c{c:02d}" for c in range(JSON_CHANNELS)], profile_ids["bench-env"])
-                    for d in range(PROFILE_DEVICES)]
+                    for d in range(DEVICES)]
         devices += [(f"q{d:03d}", [f"c{c:02d}" for c in range(SENML_RECORDS)], profile_ids["bench-senml"])
-                    for d in range(PROFILE_DEVICES)]
+                    for d in range(DEVICES)]
         for ext_id, channels, profile_id in devices:
             device_id = self.conn.execute(
                 "INSERT INTO devices (vendor_id, ext_id, profile_id) VALUES (%s, %s, %s) RETURNING id",
@@ -540,7 +536,7 @@ class Bench:
         rows = []
         for k in range(n):
             firing = k < int(os.environ.get("BENCH_FIRING_RULES", "10"))
-            sensor = self.sensor_ids[(f"s{(90 + k) if firing else k % SINGLE_DEVICES:03d}", "temp")]
+            sensor = self.sensor_ids[(f"s{(90 + k) if firing else k % DEVICES:03d}", "temp")]
             value, clear = (90.0, -1.0) if firing else (1000.0 + k, 900.0)
             rows.append((f"bench rule {k}", json.dumps({"op": ">", "value": value, "clear_value": clear,
                                                        "hold_s": 0}), json.dumps({"sensor_id": sensor})))
@@ -614,7 +610,7 @@ class Bench:
 
     def publish(self, kind: str, count: int) -> float:
         """Publishes `count` messages with paho publisher processes; returns the wall time taken."""
-        n = min(self.args.publishers, DEVICES_PER_KIND)
+        n = min(self.args.publishers, DEVICES)
         t = time.monotonic()
         procs = [self.child("publish", self.cid(f"pub-{kind}-{k}"), kind=kind, part=k, parts=n, count=count,
                             t0_ms=self.t0_ms) for k in range(n)]

@@ -306,7 +306,8 @@ def _nearest_params(band, point: shapely.Point) -> dict[str, Any]:
     """The parameters of _NN_POINT, _NN_GEOG, _NEAREST_ROW, _NEAREST_LO and _NEAREST_HI for
     a NearestBand and its query point."""
     (lo0, lo1, lo2), (hi0, hi1, hi2) = band.lo_coefficients, band.hi_coefficients
-    return {"nn_point": _ewkb(point), "nn_point_geog": _ewkb(point), "nb_kx": band.kx,
+    point_ewkb = _ewkb(point)  # bound twice: a parameter has one type, and it is cast to two
+    return {"nn_point": point_ewkb, "nn_point_geog": point_ewkb, "nb_kx": band.kx,
             "nb_point": _ewkb(shapely.Point(band.x, band.y)), "nb_guard": _ewkb(shapely.box(*band.guard)),
             "nb_span": 2 * band.reach, "nb_lo0": lo0, "nb_lo1": lo1, "nb_lo2": lo2, "nb_hi0": hi0, "nb_hi1": hi1,
             "nb_hi2": hi2}

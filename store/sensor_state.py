@@ -1,5 +1,5 @@
-"""SQL for a sensor's place on the map and its live state, shared by OGC API Features, tiles and
-the buildings' live state (store/live_state.py).
+"""SQL for a sensor's place on the map and its live state, shared by OGC API Features, tiles, the
+buildings' live state (store/live_state.py) and the twin's tree and floor plans (store/twin.py).
 
 Where a sensor is comes from the ``sensor_places`` view (migration 0004): its component, else its
 room, else its building, else its device's own point. Here that place is reduced to one point (a

@@ -1,11 +1,7 @@
 """Queries behind the twin API: one building's tree and one floor's plan, with each sensor's live state.
 
-A sensor's state is computed here in SQL, in one expression shared by both queries:
-
-* ``alarm``: it has an unfinished alert (open, acknowledged or dispatched) of severity major/critical;
-* ``warning``: it has an unfinished alert of severity info/warning;
-* ``offline``: its latest reading is older than ``offline_after_s`` seconds, or it never reported;
-* ``ok``: otherwise.
+A sensor's state is :data:`cimtwin.store.sensor_state.STATUS` (the tiles' and OGC's: alarm,
+warning, offline, ok) with ``no_data`` (it never reported) shown as ``offline``; both queries use it.
 
 Where things are: a component belongs to the building when its building, its floor or its room
 is in it; it hangs under its room (if that room is in the building), else its floor, else the
@@ -30,16 +26,9 @@ from cimtwin.errors import NotFound, QueryTimeout
 from . import sensor_state
 from .blocks import geometry_sql
 
-# Unfinished alerts per sensor of ``ids``, reduced to a rank: 2 = alarm (major/critical), 1 = warning.
-_ALERT_RANK = """SELECT a.sensor_id, max(CASE WHEN a.severity IN ('major', 'critical') THEN 2 ELSE 1 END) AS rank
-    FROM alerts a
-   WHERE a.status IN ('open', 'acknowledged', 'dispatched') AND a.sensor_id IN (SELECT id FROM ids)
-   GROUP BY a.sensor_id"""
-
-# Aliases: l latest, ar the alert rank.
-_STATE = """CASE WHEN ar.rank = 2 THEN 'alarm' WHEN ar.rank = 1 THEN 'warning'
-     WHEN l.time IS NULL OR l.time < (SELECT now() - make_interval(secs => %(offline_after_s)s)) THEN 'offline'
-     ELSE 'ok' END"""
+# Aliases: s sensors (only s.id is read), l latest (left-joined). Binds offline_after_s. STATUS is
+# never null, so nullif/coalesce maps no_data to offline with STATUS evaluated once.
+_STATE = f"coalesce(nullif({sensor_state.STATUS}, 'no_data'), 'offline')"
 
 _TIME = "(to_json(l.time) #>> '{}')"
 
@@ -168,13 +157,9 @@ async def tree_structure(pool: AsyncConnectionPool, *, building_id: int) -> tupl
 STATE_LETTERS = {"k": "ok", "a": "warning", "l": "alarm", "f": "offline"}
 _LIVE = f"""
 WITH ids AS (SELECT u.id, u.n FROM unnest(%(ids)s::bigint[]) WITH ORDINALITY u(id, n)),
--- every sensor's unfinished alerts (few, whatever the building): cheaper than joining them to ids first
-ar AS (SELECT a.sensor_id, max(CASE WHEN a.severity IN ('major', 'critical') THEN 2 ELSE 1 END) AS rank
-         FROM alerts a
-        WHERE a.status IN ('open', 'acknowledged', 'dispatched') AND a.sensor_id IS NOT NULL
-        GROUP BY a.sensor_id),
-ss AS (SELECT ids.n, l.value, l.time, {_STATE} AS state
-         FROM ids LEFT JOIN latest l ON l.sensor_id = ids.id LEFT JOIN ar ON ar.sensor_id = ids.id)
+ss AS (SELECT s.n, l.value, l.time, {_STATE} AS state
+         FROM ids s LEFT JOIN latest l ON l.sensor_id = s.id
+        OFFSET 0)  -- a fence: otherwise the state is evaluated again for each use below
 SELECT (SELECT generation FROM twin_structure_state),
        string_agg(substr(state, 2, 1) || '|' || {_num("value")} || ',"time":' || coalesce(to_json(time)::text, 'null')
                   || ',"state":"' || state || '"', '|' ORDER BY n)
@@ -216,8 +201,7 @@ SELECT c.id, c.ext_id, c.kind, c.name, r.id AS room_id, {geom} AS geometry
 _FLOOR_SENSORS = """
 WITH ids AS (SELECT s.id FROM sensors s WHERE s.component_id = ANY(%(component_ids)s)
              UNION SELECT s.id FROM sensors s JOIN rooms r ON r.id = s.room_id
-              WHERE r.floor_id = %(floor_id)s AND s.component_id IS NULL),
-     ar AS ({alert_rank})
+              WHERE r.floor_id = %(floor_id)s AND s.component_id IS NULL)
 SELECT s.id, s.component_id, CASE WHEN s.component_id IS NULL THEN s.room_id END AS room_id,
        d.ext_id AS device, v.code AS vendor, s.channel, s.quantity, s.unit, l.value, {utc} AS time,
        {state} AS state, sp.place AS placed_by, {geom} AS geometry
@@ -225,7 +209,6 @@ SELECT s.id, s.component_id, CASE WHEN s.component_id IS NULL THEN s.room_id END
   JOIN devices d ON d.id = s.device_id
   JOIN vendors v ON v.id = d.vendor_id
   LEFT JOIN latest l ON l.sensor_id = s.id
-  LEFT JOIN ar ON ar.sensor_id = s.id
   LEFT JOIN sensor_places sp ON sp.sensor_id = s.id
  ORDER BY s.id"""
 
@@ -252,7 +235,6 @@ async def floor_plan(pool: AsyncConnectionPool, *, building_id: int, level: int,
             await cur.execute(sql.SQL(_FLOOR_COMPONENTS).format(geom=geometry_sql(srid, digits, "c.geom")), fp)
             components = await cur.fetchall()
             query = sql.SQL(_FLOOR_SENSORS).format(
-                alert_rank=sql.SQL(_ALERT_RANK),
                 utc=sql.SQL(_TIME), state=sql.SQL(_STATE),
                 geom=geometry_sql(srid, digits, sensor_state.GEOM))
             await cur.execute(query, {**fp, "component_ids": [c["id"] for c in components],

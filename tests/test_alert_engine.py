@@ -96,15 +96,19 @@ def _alert_details(db, rule_id: int) -> list[tuple]:
            ORDER BY raised_at""", (rule_id,))]
 
 
+def _expected_details(series) -> dict[str, list[tuple]]:
+    """Each channel's episodes (with count and last value) for its rule, computed from the CSV."""
+    return {ch: expected_episodes([(t, v) for t, *vals in series if (v := vals[k]) is not None], rule, detail=True)
+            for k, (ch, rule) in enumerate((("co", CO_RULE), ("no2", NO2_RULE)))}
+
+
 @pytest.fixture
 def replay(db, register, ingest, publisher):
     ids = register("uci", {"aq-1": ["co", "no2"]})
     rules = _rules(db, ids)
     series = _series()
     messages = list(_messages(series))
-    expected = {
-        ch: expected_episodes([(t, v) for t, *vals in series if (v := vals[k]) is not None], rule, detail=True)
-        for k, (ch, rule) in enumerate((("co", CO_RULE), ("no2", NO2_RULE)))}
+    expected = _expected_details(series)
     readings = sum(len(m[1]["readings"]) for m in messages)
     return ids, rules, messages, expected, readings
 
@@ -335,9 +339,7 @@ def test_a_shuffled_air_quality_series_raises_the_alerts_of_the_series_in_order(
     ids = register("uci", {"aq-1": ["co", "no2"]})
     rules = _rules(db, ids)
     series = _series()[5800:8000]
-    expected = {
-        ch: expected_episodes([(t, v) for t, *vals in series if (v := vals[k]) is not None], rule, detail=True)
-        for k, (ch, rule) in enumerate((("co", CO_RULE), ("no2", NO2_RULE)))}
+    expected = _expected_details(series)
     assert len(expected["co"]) > 40 and len(expected["no2"]) > 40
     messages = _shuffled(list(_messages(series)), hours=8, seed=5)
     worker = ingest()
@@ -377,6 +379,15 @@ def _sender(db, publisher, device: str, channel: str, t0: datetime):
     return send
 
 
+def _level_device(db, register, ingest, publisher) -> tuple:
+    """A level sensor with a _level_rule and a running worker: (rule, t0, send)."""
+    ids = register("uci", {"h-1": ["level"]})
+    rule = _level_rule(db, ids[("h-1", "level")])
+    t0 = datetime.now(timezone.utc).replace(microsecond=0) - timedelta(minutes=10)
+    ingest()
+    return rule, t0, _sender(db, publisher, "h-1", "level", t0)
+
+
 def _events(db, rule: int) -> list[tuple[str, str]]:
     return [tuple(r) for r in db.execute(
         "SELECT e.action, e.actor FROM alert_events e JOIN alerts a ON a.id = e.alert_id WHERE a.rule_id = %s "
@@ -384,11 +395,7 @@ def _events(db, rule: int) -> list[tuple[str, str]]:
 
 
 def test_a_late_reading_that_completes_a_hold_raises_the_alert_at_its_time(db, register, ingest, publisher):
-    ids = register("uci", {"h-1": ["level"]})
-    rule = _level_rule(db, ids[("h-1", "level")])
-    t0 = datetime.now(timezone.utc).replace(microsecond=0) - timedelta(minutes=10)
-    send = _sender(db, publisher, "h-1", "level", t0)
-    ingest()
+    rule, t0, send = _level_device(db, register, ingest, publisher)
     send(0, 11)    # above 10: the hold starts
     send(50, 9)    # not above 10: the hold is broken, nothing fired
     assert _alerts(db, rule) == []
@@ -406,11 +413,7 @@ def test_a_late_reading_that_completes_a_hold_raises_the_alert_at_its_time(db, r
 
 
 def test_a_late_reading_that_breaks_a_fired_hold_withdraws_the_alert(db, register, ingest, publisher):
-    ids = register("uci", {"h-1": ["level"]})
-    rule = _level_rule(db, ids[("h-1", "level")])
-    t0 = datetime.now(timezone.utc).replace(microsecond=0) - timedelta(minutes=10)
-    send = _sender(db, publisher, "h-1", "level", t0)
-    ingest()
+    rule, t0, send = _level_device(db, register, ingest, publisher)
     send(0, 11)
     send(20, 12)
     send(40, 13)   # held 40 s: fired

@@ -4,8 +4,9 @@ Every few seconds it runs each task of ``TIMER_TASKS`` in turn, with one synchro
 autocommit connection (the offline rules and their sensors are kept between ticks and
 reloaded only when rules or sensors change: ``timer_tasks``). A task is
 ``fn(conn, *, now) -> int`` (how many alerts it changed); it opens its own transactions
-(``with conn.transaction()``), so it also runs inside a caller's transaction (then as savepoints). Tasks must be safe with several timers running: lock what
-they change with ``FOR UPDATE SKIP LOCKED`` (see store.alerts.escalate_due).
+(``with conn.transaction()``), so it also runs inside a caller's transaction (then as
+savepoints). Tasks must be safe with several timers running: lock what they change with
+``FOR UPDATE SKIP LOCKED`` (see store.alerts.escalate_due).
 
 A failing task is logged and retried on the next tick; the other tasks still run. A lost
 database connection is reopened on the next tick.

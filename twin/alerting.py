@@ -125,19 +125,29 @@ def _threshold(rule: RuleRow, state: PairState, t: datetime, v: float, out: _Out
     breached = op(v, c["value"])
     if state.phase == "active":
         clear_at = c.get("clear_value")
-        still = op(v, clear_at) if clear_at is not None else breached
-        if still:
-            out.repeated(t, v)
-        else:
-            state.phase, state.since = "clear", None
-            out.cleared(t, v)
-        return
-    if not breached:
+        _while_active(state, op(v, clear_at) if clear_at is not None else breached, t, v, out)
+    else:
+        _while_inactive(state, breached, float(c.get("hold_s") or 0), t, v, out)
+
+
+def _while_active(state: PairState, holds: bool, t: datetime, v: float | None, out: _Outcome) -> None:
+    """An active condition: still holding repeats its alert, else it clears."""
+    if holds:
+        out.repeated(t, v)
+    else:
+        state.phase, state.since = "clear", None
+        out.cleared(t, v)
+
+
+def _while_inactive(state: PairState, holds: bool, hold_s: float, t: datetime, v: float | None,
+                    out: _Outcome) -> None:
+    """A clear or pending condition: raises once it has held ``hold_s``."""
+    if not holds:
         state.phase, state.since = "clear", None
         return
     if state.phase == "clear":
         state.phase, state.since = "pending", t
-    if (t - state.since).total_seconds() >= float(c.get("hold_s") or 0):
+    if (t - state.since).total_seconds() >= hold_s:
         state.phase, state.since = "active", t
         out.raised(t, v)
 
@@ -154,11 +164,7 @@ def _rate(rule: RuleRow, state: PairState, t: datetime, v: float, out: _Outcome)
     rate = (v - v0) / (t.timestamp() - t0)
     breached = OPS[c["op"]](rate, c["per_s"])
     if state.phase == "active":
-        if breached:
-            out.repeated(t, v)
-        else:
-            state.phase, state.since = "clear", None
-            out.cleared(t, v)
+        _while_active(state, breached, t, v, out)
     elif breached:
         state.phase, state.since = "active", t
         out.raised(t, v)
@@ -188,19 +194,9 @@ def _composite(rule: RuleRow, state: PairState, values: dict[str, float], t: dat
     holds = _composite_holds(c, values)
     first = values.get(c["conditions"][0]["quantity"])
     if state.phase == "active":
-        if holds:
-            out.repeated(t, first)
-        else:
-            state.phase, state.since = "clear", None
-            out.cleared(t, first)
-    elif not holds:
-        state.phase, state.since = "clear", None
+        _while_active(state, holds, t, first, out)
     else:
-        if state.phase == "clear":
-            state.phase, state.since = "pending", t
-        if (t - state.since).total_seconds() >= float(c.get("hold_s") or 0):
-            state.phase, state.since = "active", t
-            out.raised(t, first)
+        _while_inactive(state, holds, float(c.get("hold_s") or 0), t, first, out)
 
 
 def _clears_any(rule: RuleRow, v: float) -> bool:
@@ -213,11 +209,10 @@ def _clears_any(rule: RuleRow, v: float) -> bool:
 _CLEAR = ("clear", None, None)
 
 
-def _stays_quiet(rule: RuleRow, low: float, high: float, *, any_phase: bool = False) -> bool:
-    """True if a clear (rule, sensor) stays clear, with nothing to do, for values in [low, high]
-    (with ``any_phase``: true only for threshold rules: no value there is past the value)."""
+def _stays_quiet(rule: RuleRow, low: float, high: float) -> bool:
+    """True if a clear (rule, sensor) stays clear, with nothing to do, for values in [low, high]."""
     if rule.kind == "offline":
-        return not any_phase  # readings only matter to an offline rule that is active
+        return True  # readings only matter to an offline rule that is active
     if rule.kind != "threshold":
         return False
     c = rule.condition
@@ -453,7 +448,6 @@ class AlertEngine:
             for rule_id in rule_ids:
                 rule = snapshot.rules[rule_id]
                 pair = (rule_id, sensor_id)
-                points = series_points
                 state = states.get(pair)
                 last = seen if state is None or state.last_time is None or (
                     seen is not None and seen >= state.last_time) else state.last_time
@@ -469,10 +463,10 @@ class AlertEngine:
                 if state is None:
                     if _stays_quiet(rule, low, high):
                         # Clear, and no reading of this batch can change that: nothing to evaluate one by one.
-                        self.evaluated += len(points)
+                        self.evaluated += len(series_points)
                         continue
                     state = states[pair] = PairState()
-                self._evaluate(conn, rule, sensor_id, state, points, now)
+                self._evaluate(conn, rule, sensor_id, state, series_points, now)
         if late_pairs or quiet:
             self._late_pairs(conn, late_pairs, quiet, states, now)
         if composite_pairs:

@@ -65,9 +65,7 @@ class Subscription:
     closed: bool = False
 
     def wants(self, event: store.FeedEvent) -> bool:
-        if self.area_ids is not None and event.area_id not in self.area_ids:
-            return False
-        return self.severities is None or event.severity in self.severities
+        return self.wants_area(event.area_id) and (self.severities is None or event.severity in self.severities)
 
     def wants_area(self, area_id: int | None) -> bool:
         return self.area_ids is None or area_id in self.area_ids
