@@ -131,7 +131,7 @@ _RAISE_WITH_EVENT = "WITH raised AS (" + _RAISE + """),
         INSERT INTO alert_events (alert_id, actor, action, from_status, to_status, detail)
         SELECT id, %(actor)s, CASE WHEN created THEN 'raised' ELSE 'repeated' END,
                CASE WHEN NOT created THEN status END, status, %(detail)s FROM raised)
-    SELECT id FROM raised"""
+    SELECT 1 FROM raised"""
 
 
 def _raise_params(rule: RuleRow, sensor_id: int, title: str, time: datetime, value: float | None,
@@ -145,12 +145,12 @@ def _raise_params(rule: RuleRow, sensor_id: int, title: str, time: datetime, val
 
 
 def raise_alert(conn: psycopg.Connection, rule: RuleRow, *, sensor_id: int, time: datetime,
-                value: float | None, title: str, detail: dict | None = None) -> int:
-    """Open an alert for (rule, sensor), or fold into the unfinished one. Returns its id.
-    ``detail`` is added to the event's detail."""
+                value: float | None, title: str, detail: dict | None = None) -> None:
+    """Open an alert for (rule, sensor), or fold into the unfinished one. ``detail`` is added to
+    the event's detail. Nothing is read back: in the writer's pipeline it costs no round trip."""
     params = _raise_params(rule, sensor_id, title, time, value)
     params.update(actor=ENGINE_ACTOR, detail=Jsonb({"value": value, "time": time.isoformat(), **(detail or {})}))
-    return conn.execute(_RAISE_WITH_EVENT, params).fetchone()[0]
+    conn.execute(_RAISE_WITH_EVENT, params)
 
 
 def fold_repeats(conn: psycopg.Connection, rule: RuleRow, *, sensor_id: int, repeats: int, last_time: datetime,

@@ -160,31 +160,34 @@ class FeedPage:
     snapshot_xmax: int
 
 
-async def feed_after(pool: AsyncConnectionPool, *, after_id: int, limit: int) -> FeedPage:
-    """Committed events with ids above ``after_id``, oldest first, and the snapshot they were read in."""
-    async with pool.connection() as conn:
-        # One statement = one snapshot (READ COMMITTED): the rows and the snapshot bounds together.
-        cur = await conn.execute(
-            f"""SELECT p.id, p.doc, p.area_id, p.severity, p.sensor_id, p.building_id,
-                       pg_snapshot_xmin(pg_current_snapshot())::text::bigint,
-                       pg_snapshot_xmax(pg_current_snapshot())::text::bigint
-                  FROM (SELECT 1) one
-                  LEFT JOIN LATERAL ({_FILTERED.format(where="WHERE e.id > %(after)s")}
-                                     ORDER BY id LIMIT %(limit)s) p ON true
-                 ORDER BY p.id""",
-            {"after": after_id, "limit": limit, "areas": None, "severities": None})
-        rows = await cur.fetchall()
+_FEED_AFTER = f"""
+    SELECT p.id, p.doc, p.area_id, p.severity, p.sensor_id, p.building_id,
+           pg_snapshot_xmin(pg_current_snapshot())::text::bigint,
+           pg_snapshot_xmax(pg_current_snapshot())::text::bigint
+      FROM (SELECT 1) one
+      LEFT JOIN LATERAL ({_FILTERED.format(where="WHERE e.id > %(after)s")}
+                         ORDER BY id LIMIT %(limit)s) p ON true
+     ORDER BY p.id"""
+
+
+async def feed_after(conn: psycopg.AsyncConnection, *, after_id: int, limit: int) -> FeedPage:
+    """Committed events with ids above ``after_id``, oldest first, and the snapshot they were read in.
+    ``conn`` is in autocommit; it is the stream's own (its LISTEN connection), so the statement is
+    prepared once and each read is one round trip."""
+    # One statement = one snapshot (READ COMMITTED): the rows and the snapshot bounds together.
+    cur = await conn.execute(_FEED_AFTER, {"after": after_id, "limit": limit, "areas": None, "severities": None},
+                             prepare=True)
+    rows = await cur.fetchall()
     events = [FeedEvent(*r[:6]) for r in rows if r[0] is not None]
     return FeedPage(events, rows[0][6], rows[0][7])
 
 
-async def feed_ids(pool: AsyncConnectionPool, ids: list[int]) -> list[FeedEvent]:
+async def feed_ids(conn: psycopg.AsyncConnection, ids: list[int]) -> list[FeedEvent]:
     """The given events (those committed), oldest first."""
-    async with pool.connection() as conn:
-        cur = await conn.execute(
-            _FILTERED.format(where="WHERE e.id = ANY(%(ids)s)") + " ORDER BY id",
-            {"ids": ids, "areas": None, "severities": None})
-        return [FeedEvent(*r) for r in await cur.fetchall()]
+    cur = await conn.execute(
+        _FILTERED.format(where="WHERE e.id = ANY(%(ids)s)") + " ORDER BY id",
+        {"ids": ids, "areas": None, "severities": None})
+    return [FeedEvent(*r) for r in await cur.fetchall()]
 
 
 async def replay(pool: AsyncConnectionPool, *, after_id: int, upto_id: int, area_ids: list[int] | None,
@@ -206,10 +209,9 @@ async def replay(pool: AsyncConnectionPool, *, after_id: int, upto_id: int, area
     return [FeedEvent(*r) for r in reversed(rows[:limit])], truncated
 
 
-async def latest_event_id(pool: AsyncConnectionPool) -> int:
-    async with pool.connection() as conn:
-        cur = await conn.execute("SELECT coalesce(max(id), 0) FROM alert_events")
-        return (await cur.fetchone())[0]
+async def latest_event_id(conn: psycopg.AsyncConnection) -> int:
+    cur = await conn.execute("SELECT coalesce(max(id), 0) FROM alert_events")
+    return (await cur.fetchone())[0]
 
 
 async def area_subtree(pool: AsyncConnectionPool, area_id: int) -> list[int]:

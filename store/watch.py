@@ -17,10 +17,10 @@ log = logging.getLogger("cimtwin.store")
 class GenerationWatch:
     """Calls ``load(conn)`` whenever ``generation(conn)`` (a counter that triggers move) changes.
 
-    ``maybe_refresh`` costs one single-row query, at most every ``min_interval_s``, so it can
-    run before every ingest batch: a change committed a moment ago is in effect for the next
-    batch. A database that cannot be reached keeps what was loaded; the next call reconnects.
-    Thread-safe.
+    ``maybe_refresh`` costs one single-row query (one round trip: the connection is in
+    autocommit), at most every ``min_interval_s``, so it can run before every ingest batch: a
+    change committed a moment ago is in effect for the next batch. A database that cannot be
+    reached keeps what was loaded; the next call reconnects. Thread-safe.
     """
 
     def __init__(self, url: str, *, application_name: str, what: str,
@@ -46,13 +46,13 @@ class GenerationWatch:
             self._checked = now
             try:
                 if self._conn is None or self._conn.closed or self._conn.broken:
-                    self._conn = connect(self._url, application_name=self._application_name)
+                    self._conn = connect(self._url, application_name=self._application_name, autocommit=True)
                 generation = self._generation_of(self._conn)
                 changed = generation != self.generation
                 if changed:
-                    self._load(self._conn)
+                    with self._conn.transaction():
+                        self._load(self._conn)
                     self.generation = generation
-                self._conn.rollback()
                 return changed
             except psycopg.Error as exc:
                 log.warning("could not refresh %s (%s); keeping the loaded ones", self._what, exc)

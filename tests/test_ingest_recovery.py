@@ -16,6 +16,8 @@ from urllib.parse import urlsplit, urlunsplit
 import httpx
 import psycopg
 
+from cimtwin.store.writer import SMALL_BATCH_ROWS
+
 from .helpers import TcpProxy, wait_for
 
 DEVICES = 10
@@ -173,10 +175,12 @@ def _killed_twice_mid_stream(db, database_url, ids, proc, mqtt_path, publisher):
         locker.rollback()
     assert at_kill < at_kill2 <= 15_000, f"{at_kill2} rows were stored at the second kill"
     assert sent_at_kill2 < KILL_N, "the publisher had already finished at the second kill"
-    # The killed worker's session ends and its open transaction is rolled back.
+    # The killed worker's session ends. A small batch goes to the server whole (its rows and COMMIT
+    # pipelined), so the server may still commit it once the lock is gone; its messages were not
+    # acknowledged either way, and the end of the test checks that they are stored exactly once.
     wait_for(lambda: _ingest_backends(db, app_name) == 0, timeout=30,
              message="for the killed worker's database session to end")
-    assert _count(db) == at_kill2, "the killed worker's unfinished batch was committed"
+    assert _count(db) - at_kill2 <= SMALL_BATCH_ROWS, "rows kept arriving after the second kill"
 
     proc.start()
     pub.finish(timeout=90)

@@ -1,7 +1,8 @@
 """The live alert stream (SSE): one LISTEN connection per API process, fanned out to clients.
 
 ``AlertHub`` LISTENs on ``cimtwin_alert_events`` (the alert_events trigger notifies each new
-event's id at commit). A notification only wakes it: it reads the committed events above its
+event's id at commit). A notification only wakes it: it reads, on the same connection (psycopg
+keeps notifications that arrive meanwhile), the committed events above its
 *horizon*, the highest id it has passed on, and emits them **in id order**, so a client's
 ``Last-Event-ID`` is a complete cursor: every event up to it has been sent or never existed.
 
@@ -38,6 +39,7 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from datetime import timezone
 
+import psycopg
 from psycopg_pool import AsyncConnectionPool
 
 from cimtwin.errors import NotFound, Unavailable
@@ -127,17 +129,17 @@ class AlertHub:
                                                application_name="cimtwin-api-stream") as conn:
                     await store.listen(conn)
                     if not self._ready.is_set():
-                        self.horizon = await store.latest_event_id(self.pool)
+                        self.horizon = await store.latest_event_id(conn)
                         self._ready.set()
                     self.connected, failures = True, 0
-                    await self._catch_up([])  # what was committed while not listening
+                    await self._catch_up(conn, [])  # what was committed while not listening
                     while True:
                         ids: list[int] = []
                         timeout = 0.05 if self._gap is not None else 5.0
                         async for note in conn.notifies(timeout=timeout, stop_after=1):
                             with contextlib.suppress(ValueError):
                                 ids.append(int(note.payload))
-                        await self._catch_up(ids)
+                        await self._catch_up(conn, ids)
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # the database went away: reconnect and catch up
@@ -149,16 +151,16 @@ class AlertHub:
 
     # --- reading and emitting ---
 
-    async def _catch_up(self, notified: list[int]) -> None:
+    async def _catch_up(self, conn: psycopg.AsyncConnection, notified: list[int]) -> None:
         while True:
-            page = await store.feed_after(self.pool, after_id=self.horizon, limit=_PAGE)
+            page = await store.feed_after(conn, after_id=self.horizon, limit=_PAGE)
             progressed = self._advance(page)
             if not (progressed and len(page.events) == _PAGE):
                 break
         late = [i for i in notified if i in self._skipped]
         if late:
             self._skipped.difference_update(late)
-            for event in await store.feed_ids(self.pool, late):
+            for event in await store.feed_ids(conn, late):
                 self._emit(event, advance=False)
 
     def _advance(self, page: store.FeedPage) -> bool:
