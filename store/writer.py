@@ -654,10 +654,8 @@ class ReadingWriter:
                 if rows and not fast:
                     new_rows = self._insert_missing(cur, rows, prepared)
                     inserted = new_rows if isinstance(new_rows, int) else len(new_rows)
-                if hook and new_rows:
-                    self._run_hook(conn, new_rows)
                 self._write_side(cur, dead_letters, pending, replays)
-            conn.commit()
+            self._commit_with_hook(conn, new_rows if hook else ())
             if rows:
                 if fast:
                     self.fast_batches += 1
@@ -675,23 +673,20 @@ class ReadingWriter:
     def _write_small(self, conn: psycopg.Connection, prepared: PreparedRows, dead_letters, pending, replays, *,
                      hook: bool) -> int:
         """One statement stores a small batch: its new rows (ON CONFLICT DO NOTHING, so a redelivery
-        needs no second try) and what they add to ``latest`` and the rollups. The side writes and
-        COMMIT are pipelined behind it: without the hook the whole batch is one round trip."""
+        needs no second try) and what they add to ``latest`` and the rollups. The side writes, and
+        COMMIT unless the hook runs, are pipelined behind it: then the batch is one round trip."""
         with conn.cursor() as cur:
-            if hook:
-                new_rows = cur.execute(self._move_arrays_rows, prepared.arrays).fetchall()
-                if new_rows:
-                    self._run_hook(conn, new_rows)
-                with conn.pipeline():
-                    self._write_side(cur, dead_letters, pending, replays)
-                    conn.commit()
-                return len(new_rows)
             with conn.pipeline():
-                cur.execute(self._move_arrays, prepared.arrays)
+                cur.execute(self._move_arrays_rows if hook else self._move_arrays, prepared.arrays)
                 with conn.cursor() as side:
                     self._write_side(side, dead_letters, pending, replays)
-                conn.commit()
-            return cur.fetchone()[0]
+                if not hook:
+                    conn.commit()
+            if not hook:
+                return cur.fetchone()[0]
+            new_rows = cur.fetchall()
+        self._commit_with_hook(conn, new_rows)
+        return len(new_rows)
 
     @staticmethod
     def _write_side(cur: psycopg.Cursor, dead_letters: Sequence[DeadLetter], pending: Sequence[PendingDevice],
@@ -735,11 +730,17 @@ class ReadingWriter:
             return cur.fetchone()[0]
         return cur.fetchall()
 
-    def _run_hook(self, conn: psycopg.Connection, new_rows) -> None:
+    def _commit_with_hook(self, conn: psycopg.Connection, new_rows) -> None:
+        """Runs the hook on the new rows, if any, and commits. The hook's writes that need no answer
+        go out with COMMIT, in one round trip; a statement of the batch's own has had its answer
+        by then, so an error here is the hook's (or the connection's)."""
+        if not new_rows:
+            conn.commit()
+            return
         try:
-            # Its writes that need no answer go out together, at the pipeline's end.
             with conn.pipeline():
                 self._on_inserted(conn, new_rows)
+                conn.commit()
         except psycopg.OperationalError:
             raise
         except Exception as exc:  # noqa: BLE001 - a rule bug must not lose readings
