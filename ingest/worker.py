@@ -338,7 +338,7 @@ class IngestWorker:
         waking on every message would cost a thread switch per message.
         """
         try:
-            first = self._inbox.get(timeout=0.2)
+            first = self._inbox.get(timeout=0.05)
         except queue.Empty:
             return []
         batch = [first]
@@ -378,8 +378,6 @@ class IngestWorker:
         raws = self._to_raw(messages)
         delay = 0.5
         while True:
-            self._profiles.maybe_refresh()
-            self._alerts.maybe_refresh()
             try:
                 result = self._normalizer.normalize(raws)
             except psycopg.OperationalError as exc:
@@ -399,16 +397,20 @@ class IngestWorker:
         try:
             while not self._stop.is_set():
                 messages = self._collect()
-                if not messages:
-                    continue
-                self._held.append((messages[0].timestamp, len(messages)))
-                batch = self._prepare(messages)
-                while batch is not None and not self._stop.is_set():
-                    try:
-                        self._prepared.put(batch, timeout=0.2)
-                        break
-                    except queue.Full:
-                        continue
+                if messages:
+                    self._held.append((messages[0].timestamp, len(messages)))
+                    batch = self._prepare(messages)
+                    while batch is not None and not self._stop.is_set():
+                        try:
+                            self._prepared.put(batch, timeout=0.2)
+                            break
+                        except queue.Full:
+                            continue
+                # Profiles and rules are checked (at most every 50 ms) between batches, once this one is
+                # handed on, so no batch waits for the check: what was committed before it applies to
+                # the next batch.
+                self._profiles.maybe_refresh()
+                self._alerts.maybe_refresh()
         except BaseException as exc:  # a bug: stop the worker rather than stall it
             self._failure = exc
             self._stop.set()
