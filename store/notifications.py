@@ -7,6 +7,7 @@ stream reads each event's document from its MQTT row (cimtwin.api.services.alert
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 
 import psycopg
@@ -168,6 +169,21 @@ _FEED_AFTER = f"""
       LEFT JOIN LATERAL ({_FILTERED.format(where="WHERE e.id > %(after)s")}
                          ORDER BY id LIMIT %(limit)s) p ON true
      ORDER BY p.id"""
+
+
+def noted_event(payload: str) -> tuple[int, FeedEvent | None] | None:
+    """A notification's event id and, when it carries the document ('<id> <document>', see
+    migration 0015), the event; None if it is not one of ours."""
+    head, _, doc = payload.partition(" ")
+    try:
+        event_id = int(head)
+    except ValueError:
+        return None
+    if not doc:
+        return event_id, None
+    alert = json.loads(doc).get("alert") or {}
+    return event_id, FeedEvent(event_id, doc, alert.get("area_id"), alert.get("severity"), alert.get("sensor_id"),
+                               alert.get("building_id"))
 
 
 async def feed_after(conn: psycopg.AsyncConnection, *, after_id: int, limit: int) -> FeedPage:

@@ -537,6 +537,36 @@ def test_stream_live_filtered_and_resumed_without_gaps_or_repeats(db, stream_api
     watcher.close()
 
 
+def test_stream_sends_the_stored_document_whether_the_notification_carries_it_or_not(db, stream_api, database_url):
+    """The usual event comes with its document in the notification (migration 0015); one too long
+    for a notification (8,000 bytes) is announced by id and read. Both reach the stream in order,
+    each exactly as the outbox stored it, and a replay sends the same."""
+    street = make_area(db, "st-doc", "street")
+    watcher = SseClient(stream_api)
+    with psycopg.connect(database_url, autocommit=True) as listener:
+        listener.execute("LISTEN cimtwin_alert_events")
+        alert_id, raised = raise_alert(db, title="gas", area_id=street)
+        long_note = change(db, alert_id, action="note", note="n" * 9000)
+        db.commit()
+        _, after = raise_alert(db, title="smoke", area_id=street)
+        notes = [n.payload for n in listener.notifies(timeout=5, stop_after=3)]
+    watcher.wait_for_ids([raised, long_note, after])
+    time.sleep(0.3)
+    assert watcher.alert_ids() == [raised, long_note, after]
+    stored = {r["alert_event_id"]: r["payload"] for r in outbox(db, channel="mqtt")}
+    assert [n.partition(" ")[0] for n in notes] == [str(raised), str(long_note), str(after)]
+    assert notes[1] == str(long_note)  # id only: the stream reads it
+    assert [json.loads(notes[i].partition(" ")[2]) for i in (0, 2)] == [stored[raised], stored[after]]
+    sent = {event_id: data for event_id, kind, data in watcher.events if kind == "alert"}
+    assert sent == {i: stored[i] for i in (raised, long_note, after)}
+    assert sent[long_note]["event"]["note"] == "n" * 9000
+    watcher.close()
+    replay = SseClient(stream_api, params={"last_event_id": raised - 1})
+    replay.wait_for_ids([raised, long_note, after])
+    assert {i: d for i, k, d in replay.events if k == "alert"} == sent
+    replay.close()
+
+
 def test_stream_requires_a_reader_key_and_valid_filters(stream_api, db):
     r = httpx.get(f"{stream_api.url}/alerts/stream", timeout=5)
     assert r.status_code == 401

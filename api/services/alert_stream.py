@@ -1,10 +1,12 @@
 """The live alert stream (SSE): one LISTEN connection per API process, fanned out to clients.
 
 ``AlertHub`` LISTENs on ``cimtwin_alert_events`` (the alert_events trigger notifies each new
-event's id at commit). A notification only wakes it: it reads, on the same connection (psycopg
-keeps notifications that arrive meanwhile), the committed events above its
-*horizon*, the highest id it has passed on, and emits them **in id order**, so a client's
+event's id and document at commit). It passes events on **in id order**, so a client's
 ``Last-Event-ID`` is a complete cursor: every event up to it has been sent or never existed.
+A notification of the event right after its *horizon* (the highest id it has passed on) that
+carries its document is passed on as it is. Any other (an event after a gap, a document too long
+for a notification) only wakes it: it reads, on the same connection (psycopg keeps notifications
+that arrive meanwhile), the committed events above its horizon.
 
 Ids are taken when a transaction inserts an event, and transactions commit in any order: event
 11 can be visible while 10 is not yet. The hub then holds 11 until 10 appears, or until every
@@ -134,12 +136,14 @@ class AlertHub:
                     self.connected, failures = True, 0
                     await self._catch_up(conn, [])  # what was committed while not listening
                     while True:
-                        ids: list[int] = []
+                        noted: tuple[int, store.FeedEvent | None] | None = None
                         timeout = 0.05 if self._gap is not None else 5.0
                         async for note in conn.notifies(timeout=timeout, stop_after=1):
-                            with contextlib.suppress(ValueError):
-                                ids.append(int(note.payload))
-                        await self._catch_up(conn, ids)
+                            noted = store.noted_event(note.payload)
+                        if noted and noted[1] is not None and self._gap is None and noted[0] == self.horizon + 1:
+                            self._emit(noted[1])  # the next event, its document attached: nothing to read
+                        else:
+                            await self._catch_up(conn, [noted[0]] if noted else [])
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # the database went away: reconnect and catch up
