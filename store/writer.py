@@ -2,9 +2,13 @@
 
 Only rows that were really inserted feed ``latest`` and, on plain PostgreSQL, the
 ``readings_1m``/``readings_1h`` rollup tables, so a redelivered message changes nothing.
-A batch takes one of two paths:
+A batch takes one of three paths:
 
-* **Fast path** (the usual case: nothing in the batch is stored yet). The rows are
+* **Small batches** (up to ``SMALL_BATCH_ROWS``, the usual case under a steady load): one
+  statement inserts the rows, sent as binary arrays, with ``ON CONFLICT DO NOTHING`` and feeds
+  ``latest`` and the rollups from what it really inserted; COMMIT is pipelined behind it, so
+  without an alert rule to evaluate the whole batch is one round trip.
+* **Fast path** (a bigger batch, nothing of it stored yet: a backlog). The rows are
   COPYed (binary) straight into ``readings``; the primary key ``(sensor_id, time)``
   rejects the whole COPY if any row is already there. All rows being new, ``latest``
   and the rollups are upserted from a :class:`Summary` of the batch computed in Python
@@ -17,7 +21,8 @@ A batch takes one of two paths:
   batches go this way directly, since redeliveries come in runs. A batch with a NaN
   value goes this way too.
 
-Both paths store the same rows and give bit-identical ``latest`` and rollup rows.
+All paths store the same rows and give bit-identical ``latest`` and rollup rows (SQL adds a
+bucket's values in row order, as :func:`summarize` does).
 :func:`prepare_rows` does all the Python work of a batch (the binary COPY data and the
 summary) without touching the database, so an ingest worker runs it for the next batch
 while PostgreSQL still writes this one; :meth:`ReadingWriter.write` then mostly sends bytes.
@@ -84,11 +89,15 @@ _INSERTED = """
             SET time = excluded.time, value = excluded.value, received_at = excluded.received_at
             WHERE l.time < excluded.time)"""
 
+# A bucket's values are added in the order the rows were inserted (n), as summarize() adds them:
+# a Sort + GroupAggregate plan alone would add them in any order (the last bits of a sum, the
+# sign of a zero min or max).
 _ROLLUP = """
     {name} AS (
         INSERT INTO {table} AS r (sensor_id, bucket, count, sum, min, max)
-        SELECT sensor_id, date_trunc({unit}, time), count(*), sum(value), min(value), max(value)
-        FROM ins GROUP BY 1, 2 ORDER BY 1, 2
+        SELECT sensor_id, date_trunc({unit}, time), count(*),
+               sum(value ORDER BY n), min(value ORDER BY n), max(value ORDER BY n)
+        FROM (SELECT sensor_id, time, value, row_number() OVER () AS n FROM ins) i GROUP BY 1, 2 ORDER BY 1, 2
         ON CONFLICT (sensor_id, bucket) DO UPDATE
             SET count = r.count + excluded.count, sum = r.sum + excluded.sum,
                 min = least(r.min, excluded.min), max = greatest(r.max, excluded.max))"""

@@ -65,6 +65,15 @@ def dyadic(rnd: random.Random) -> float:
     return rnd.choice([0.0, -0.0, rnd.randint(-4000, 4000) / 4])
 
 
+def dyadic_or_nan(rnd: random.Random) -> float:
+    return math.nan if rnd.random() < 0.05 else dyadic(rnd)
+
+
+def sql_order(v: float) -> tuple:
+    """How SQL orders float8: NaN above every number."""
+    return math.isnan(v), v
+
+
 def series(times: list[datetime], n_sensors: int, value, *, seed: int = 7) -> list[tuple]:
     """(time, sensor index, value, received_at) rows in message order: per time, every sensor."""
     rnd = random.Random(seed)
@@ -106,7 +115,6 @@ def expected(rows: list[tuple], *, bits: bool = False) -> dict[str, list[tuple]]
     """What ``snapshot`` must show for stored rows (sensor indexes), worked out here: the rows,
     each sensor's newest, and per UTC minute/hour count, sum, min and max (NaN above every number,
     as in SQL). Sums are only order-independent for :func:`dyadic` values (or NaN)."""
-    sql_order = lambda v: (math.isnan(v), v)  # noqa: E731
     newest = {}
     buckets = {"readings_1m": {}, "readings_1h": {}}
     for row in sorted(rows, key=lambda r: r[:2]):
@@ -131,10 +139,7 @@ def counters(w: ReadingWriter) -> tuple[int, int, int]:
 @pytest.mark.parametrize("with_nan", [False, True], ids=["finite", "nan"])
 def test_small_batches_store_what_one_copy_batch_stores(db, sensors, writer, with_nan):
     times = [T0 + timedelta(seconds=40 * k) for k in range(160)]  # 09:58 to 11:44, 1-2 readings a minute
-    value = dyadic
-    if with_nan:
-        value = lambda rnd: math.nan if rnd.random() < 0.05 else dyadic(rnd)  # noqa: E731
-    rows = series(times, 4, value)
+    rows = series(times, 4, dyadic_or_nan if with_nan else dyadic)
     assert len(rows) > SMALL_BATCH_ROWS >= CHUNK
     values = [r[2] for r in rows]
     assert any(v < 0 for v in values) and any(math.isnan(v) for v in values) == with_nan
@@ -160,22 +165,20 @@ def test_small_batches_store_what_one_copy_batch_stores(db, sensors, writer, wit
     assert len(got_small["readings_1h"]) == 4 * 3 and len(got_small["readings_1m"]) == 4 * 107
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "store/writer.py: the small path's rollup GROUP BY is planned as Sort + GroupAggregate (custom plans "
-    "up to ~200 rows; the generic plan from a connection's 11th small batch), which does not add a bucket's "
-    "values in row order: sums differ in the last bits, and 0.0/-0.0 ties in min/max, from the COPY paths"))
 def test_small_batch_rollups_are_bit_identical_to_the_copy_path_when_each_bucket_is_one_batch(db, sensors, writer):
     # Three hours, one small batch each (180 rows): every rollup row comes from one batch on both sides,
     # so the COPY paths' promise (values added in row order, a tie keeps the later zero) applies.
     times = [T0.replace(minute=0) + timedelta(hours=h, minutes=4 * m, seconds=s)
              for h in range(3) for m in range(15) for s in (0, 20, 40)]
     rows = series(times, 4, lambda rnd: rnd.choice([0.0, -0.0, rnd.uniform(-1000, 1000)]), seed=1)
-    small, copy = sensors("small"), sensors("copy")
+    small, copy, warm = sensors("small"), sensors("copy"), sensors("warm")
     w = writer()
+    for k in range(12):  # past the point where PostgreSQL switches to the statement's generic plan
+        w.write(on(warm, rows[k * 45:(k + 1) * 45]))
     for hour in range(3):
         assert w.write(on(small, rows[hour * 180:(hour + 1) * 180])) == 180
     assert w.write(on(copy, rows)) == len(rows) == 540
-    assert counters(w) == (3, 1, 0)
+    assert counters(w) == (15, 1, 0)
     got_small, got_copy = snapshot(db, small), snapshot(db, copy)
     assert got_small["readings"] == got_copy["readings"] and got_small["latest"] == got_copy["latest"]
     diffs = {t: [(a, b) for a, b in zip(got_small[t], got_copy[t]) if a != b] for t in ("readings_1m", "readings_1h")}
