@@ -1,6 +1,6 @@
 """Alert latency benchmark: MQTT publish → ingest → rule → COMMIT → SSE event, under load.
 
-Run:  .venv/bin/python bench/alerts.py [--probes 200] [--warmup 5] [--load 5000] [--rate-messages 100000] [--rate-repeats 3]
+Run:  .venv/bin/python bench/alerts.py [--probes 400] [--warmup 5] [--load 5000] [--rate-messages 100000] [--rate-repeats 3]
 
 It prints a table and, as its last line, one JSON object. It is not a test: it exits 0 and
 reports what it measured.
@@ -374,7 +374,7 @@ def main() -> None:
         {"load": role_load, "relay": role_relay}[a.role](a)
         return
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--probes", type=int, default=200)
+    p.add_argument("--probes", type=int, default=400)
     p.add_argument("--warmup", type=int, default=5,
                    help="probes (and relay round trips) sent first and not counted: each process's first "
                         "alert pays one-time costs (plans, caches)")

@@ -179,9 +179,12 @@ def noted_event(payload: str) -> tuple[int, FeedEvent | None] | None:
         event_id = int(head)
     except ValueError:
         return None
-    if not doc:
+    try:
+        alert = json.loads(doc).get("alert") or {} if doc else None
+    except (ValueError, AttributeError):  # not a document of ours: read the event instead
+        alert = None
+    if alert is None:
         return event_id, None
-    alert = json.loads(doc).get("alert") or {}
     return event_id, FeedEvent(event_id, doc, alert.get("area_id"), alert.get("severity"), alert.get("sensor_id"),
                                alert.get("building_id"))
 
