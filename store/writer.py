@@ -33,7 +33,7 @@ from __future__ import annotations
 import logging
 import struct
 import threading
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from typing import Protocol
@@ -222,9 +222,14 @@ class PendingDevice:
     profile_id: int | None = None
 
 
+def _week_start(epoch_s: float) -> int:
+    """The Monday-00:00-UTC week start (epoch s) of a time in epoch seconds."""
+    return int((epoch_s - _MONDAY_OFFSET_S) // WEEK_S) * WEEK_S + _MONDAY_OFFSET_S
+
+
 def week_starts(times: Iterable[datetime]) -> set[int]:
     """Epoch seconds of the Monday-00:00-UTC week start of each time."""
-    return {int((t.timestamp() - _MONDAY_OFFSET_S) // WEEK_S) * WEEK_S + _MONDAY_OFFSET_S for t in times}
+    return {_week_start(t.timestamp()) for t in times}
 
 
 _UTC = timezone.utc
@@ -246,11 +251,6 @@ _ARRAY_HEADER = struct.Struct("!iiIii")
 _INT8_ITEM = struct.Struct("!iq")
 _FLOAT8_ITEM = struct.Struct("!id")
 _PG_EPOCH_S = 946_684_800  # 2000-01-01 in Unix time
-
-
-def _week_start(micros: int) -> int:
-    """The week start (epoch s) of a binary timestamptz value."""
-    return ((micros // 1_000_000 + _PG_EPOCH_S - _MONDAY_OFFSET_S) // WEEK_S) * WEEK_S + _MONDAY_OFFSET_S
 
 
 @dataclass(slots=True)
@@ -316,49 +316,39 @@ def _micros(t: datetime) -> int:
     return (t - _PG_EPOCH) // _MICROSECOND
 
 
-def _encode_readings(rows: Iterable[tuple]) -> tuple[bytes, set[int]]:
-    """(time, sensor_id, value, received_at) rows as binary COPY data, and their week starts."""
-    pack = _READING_ROW.pack
-    out = [_COPY_HEADER]
-    append = out.append
-    weeks: set[int] = set()
+def _binary_rows(rows: Iterable[tuple], weeks: set[int]) -> Iterator[tuple[int, int, float, int]]:
+    """(time, sensor_id, value, received_at) rows with both times as binary timestamptz values
+    (µs since 2000-01-01 UTC), adding each time's week start to ``weeks``. A message's readings
+    often share their time object and always their received_at: each is converted once."""
     last_t = last_r = None
     t_us = r_us = 0
     for t, sensor_id, value, received_at in rows:
-        if t is not last_t:  # a message's readings often share their time and always their received_at
-            last_t, t_us = t, (t - _PG_EPOCH) // _MICROSECOND
-            weeks.add(_week_start(t_us))
-        if received_at is not last_r:
-            last_r, r_us = received_at, (received_at - _PG_EPOCH) // _MICROSECOND
-        append(pack(4, 8, t_us, 8, sensor_id, 8, value, 8, r_us))
-    append(_COPY_TRAILER)
-    return b"".join(out), weeks
-
-
-def _encode_arrays(rows: Sequence[tuple]) -> tuple[tuple[_BinaryArray, ...], set[int]]:
-    """(time, sensor_id, value, received_at) rows as four binary arrays, and their week starts."""
-    int8, float8 = _INT8_ITEM.pack, _FLOAT8_ITEM.pack
-    times: list[bytes] = []
-    ids: list[bytes] = []
-    values: list[bytes] = []
-    received: list[bytes] = []
-    weeks: set[int] = set()
-    last_t = last_r = None
-    t_item = r_item = b""
-    for t, sensor_id, value, received_at in rows:
         if t is not last_t:
             last_t, t_us = t, (t - _PG_EPOCH) // _MICROSECOND
-            t_item = int8(8, t_us)
-            weeks.add(_week_start(t_us))
+            weeks.add(_week_start(t_us // 1_000_000 + _PG_EPOCH_S))
         if received_at is not last_r:
-            last_r, r_item = received_at, int8(8, (received_at - _PG_EPOCH) // _MICROSECOND)
-        times.append(t_item)
-        ids.append(int8(8, sensor_id))
-        values.append(float8(8, value))
-        received.append(r_item)
-    n = len(times)
-    return tuple(cls(_ARRAY_HEADER.pack(1, 0, cls.element, n, 1) + b"".join(items)) for cls, items in (
-        (_TimestamptzArray, times), (_Int8Array, ids), (_Float8Array, values), (_TimestamptzArray, received))), weeks
+            last_r, r_us = received_at, (received_at - _PG_EPOCH) // _MICROSECOND
+        yield t_us, sensor_id, value, r_us
+
+
+def _encode_readings(rows: Iterable[tuple]) -> tuple[bytes, set[int]]:
+    """(time, sensor_id, value, received_at) rows as binary COPY data, and their week starts."""
+    pack = _READING_ROW.pack
+    weeks: set[int] = set()
+    data = b"".join([_COPY_HEADER, *[pack(4, 8, t, 8, s, 8, v, 8, r) for t, s, v, r in _binary_rows(rows, weeks)],
+                     _COPY_TRAILER])
+    return data, weeks
+
+
+def _encode_arrays(rows: Iterable[tuple]) -> tuple[tuple[_BinaryArray, ...], set[int]]:
+    """(time, sensor_id, value, received_at) rows as four binary arrays, and their week starts."""
+    weeks: set[int] = set()
+    columns = list(zip(*_binary_rows(rows, weeks))) or [()] * 4
+    int8, float8 = _INT8_ITEM.pack, _FLOAT8_ITEM.pack
+    return tuple(
+        cls(_ARRAY_HEADER.pack(1, 0, cls.element, len(items), 1) + b"".join([pack(8, x) for x in items]))
+        for cls, pack, items in zip((_TimestamptzArray, _Int8Array, _Float8Array, _TimestamptzArray),
+                                    (int8, int8, float8, int8), columns)), weeks
 
 
 def _encode_summary(latest: Iterable[tuple], rollups: Iterable[tuple[int, dict[tuple[int, tuple], list]]],
@@ -575,7 +565,7 @@ class ReadingWriter:
             self._move = _move_statement(with_rollups=rollups, rows=self._on_inserted is not None)
             self._move_arrays = _move_statement(with_rollups=rollups, source=_FROM_ARRAYS)
             self._move_arrays_rows = _move_statement(with_rollups=rollups, rows=True, source=_FROM_ARRAYS)
-            self._summary_sql = _summary_statement(with_rollups=not self.timescaledb)
+            self._summary_sql = _summary_statement(with_rollups=rollups)
             self._conn = conn
         return self._conn
 

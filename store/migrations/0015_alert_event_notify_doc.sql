@@ -1,34 +1,21 @@
--- The SSE stream's wake-up carries the event's document: the outbox trigger, which builds it
--- anyway, notifies '<id> <document>' in place of the bare id the old trigger sent, so the stream
--- passes an event on without reading it back. A document too long for a notification (the
--- payload limit is 8,000 bytes) is announced by its id alone, and the stream reads it.
-CREATE OR REPLACE FUNCTION alert_events_outbox() RETURNS trigger LANGUAGE plpgsql AS $$
+-- The SSE stream's wake-up carries the event's document. Each event's MQTT outbox row (one per
+-- event, written by alert_events_outbox with the document the stream sends) notifies
+-- '<event id> <document>' as it is inserted, in place of the bare id alert_events_notify sent,
+-- so the stream passes the event on without reading it back. A document too long for a
+-- notification (the payload limit is 8,000 bytes) is announced by its id alone, and the stream
+-- reads it. Rows are inserted in event order, so the notifications come in that order too.
+CREATE FUNCTION notification_outbox_notify() RETURNS trigger LANGUAGE plpgsql AS $$
 DECLARE
-    doc      jsonb := cimtwin_alert_event_doc(NEW);
-    doc_text text := doc::text;
-    a_party  bigint;
-    topic    text;
-    hook     text;
+    doc text := NEW.payload::text;
 BEGIN
-    -- The party the alert has now: after an escalation, the new one.
-    SELECT a.party_id,
-           'cim/v1/alerts/' || coalesce(nullif(translate(ar.code, '/+#', '___'), ''), 'none') || '/' || a.severity,
-           cimtwin_party_webhook_url(p.channels)
-      INTO a_party, topic, hook
-      FROM alerts a
-      LEFT JOIN areas ar ON ar.id = a.area_id
-      LEFT JOIN parties p ON p.id = a.party_id
-     WHERE a.id = NEW.alert_id;
-    INSERT INTO notification_outbox (alert_event_id, channel, party_id, target, payload)
-    VALUES (NEW.id, 'mqtt', NULL, topic, doc);
-    IF hook IS NOT NULL THEN
-        INSERT INTO notification_outbox (alert_event_id, channel, party_id, target, payload)
-        VALUES (NEW.id, 'webhook', a_party, hook, doc);
-    END IF;
     PERFORM pg_notify('cimtwin_alert_events',
-                      CASE WHEN octet_length(doc_text) <= 7900 THEN NEW.id || ' ' || doc_text ELSE NEW.id::text END);
+                      CASE WHEN octet_length(doc) <= 7900 THEN NEW.alert_event_id || ' ' || doc
+                           ELSE NEW.alert_event_id::text END);
     RETURN NULL;
 END $$;
+
+CREATE TRIGGER notification_outbox_notify AFTER INSERT ON notification_outbox
+    FOR EACH ROW WHEN (NEW.channel = 'mqtt') EXECUTE FUNCTION notification_outbox_notify();
 
 DROP TRIGGER alert_events_notify ON alert_events;
 DROP FUNCTION alert_events_notify();
